@@ -132,3 +132,58 @@ class OciRuntimeError(SystemError_):
     def __init__(self, action: str, detail: str, *, status: int = 500) -> None:
         super().__init__(f"OCI runtime {action} failed: {detail}")
         self.status = status
+
+
+# --- networking (netproxy/) ----------------------------------------------------------------------
+
+
+class AddressInUse(Forbidden):
+    def __init__(self) -> None:
+        super().__init__("Address already in use")
+
+
+class AddressOutOfSubnet(InvalidParameter):
+    def __init__(self, ip: str) -> None:
+        super().__init__(f"Invalid address {ip}: It does not belong to any of this network's subnets")
+
+
+class NoAvailableAddress(Unavailable):
+    def __init__(self, network: str) -> None:
+        super().__init__(f"no available IPv4 addresses on this network's address pools: {network}")
+
+
+class PoolOverlap(Forbidden):
+    def __init__(self) -> None:
+        super().__init__("invalid pool request: Pool overlaps with other one on this address space")
+
+
+class NoAvailablePool(SystemError_):
+    def __init__(self) -> None:
+        super().__init__(
+            "could not find an available, non-overlapping IPv4 address pool among the defaults "
+            "to assign to the network"
+        )
+
+
+class PortAlreadyAllocated(SystemError_):
+    """The host port is held by another mapping of this daemon (Docker's port allocator)."""
+
+    def __init__(self, host_ip: str, host_port: int) -> None:
+        super().__init__(f"Bind for {host_ip}:{host_port} failed: port is already allocated")
+
+
+class HostPortBindFailed(SystemError_):
+    """bind(2) of a host port failed (another program holds it), in dockerd 28's words."""
+
+    def __init__(self, host_ip: str, host_port: int, target: str, proto: str, reason: str) -> None:
+        super().__init__(f"failed to bind host port for {host_ip}:{host_port}:{target}/{proto}: {reason}")
+
+
+class ExternalConnectivityFailed(SystemError_):
+    """What dockerd wraps port-mapping failures in when an endpoint is named."""
+
+    def __init__(self, endpoint: str, endpoint_id: str, detail: str) -> None:
+        super().__init__(
+            "failed to set up container networking: driver failed programming external "
+            f"connectivity on endpoint {endpoint} ({endpoint_id}): {detail}"
+        )
