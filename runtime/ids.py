@@ -38,9 +38,7 @@ def check_container_name(name: str) -> str:
     """Validate a container name (an optional leading "/" is dropped) and return it bare."""
     bare = name[1:] if name.startswith("/") else name
     if not NAME.match(bare):
-        raise InvalidParameter(
-            f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
-        )
+        raise InvalidParameter(f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
     return bare
 
 
@@ -49,7 +47,7 @@ def check_object_name(name: str, what: str) -> str:
     if not NAME.match(name):
         raise InvalidParameter(
             f'"{name}" includes invalid characters for a local {what} name, '
-            "only \"[a-zA-Z0-9][a-zA-Z0-9_.-]\" are allowed. If you intended to pass a host "
+            'only "[a-zA-Z0-9][a-zA-Z0-9_.-]" are allowed. If you intended to pass a host '
             "directory, use absolute path"
             if what == "volume"
             else f"invalid name {name!r} for {what}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
