@@ -34,7 +34,7 @@ from runtime.errors import (
 )
 
 EPHEMERAL_RANGE = (32768, 60999)  # Docker's default (the kernel's ip_local_port_range)
-ANY = "0.0.0.0"
+ANY = "0.0.0.0"  # noqa: S104 - publishing on every host address is what -p means
 LISTEN_BACKLOG = 4096
 
 
