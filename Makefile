@@ -1,0 +1,97 @@
+# pydock: `make run` and `make test` on a fresh Debian machine, as root.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SOCK ?= /var/run/pydock.sock
+PYDOCKD_FLAGS ?= -H unix://$(SOCK)
+BUSYBOX_TAR := var/busybox.tar
+
+# Everything pydock and its tests need from Debian. docker.io is only for `make bench COMPARE=dockerd`.
+DEBIAN_PACKAGES := python3 python3-venv python3-dev gcc make ca-certificates curl openssl \
+	runc crun tini iptables iproute2 kmod procps psmisc busybox-static \
+	docker-registry skopeo apache2-utils docker-compose conntrack
+
+.PHONY: help install run test lint typecheck unit integration openapi bench dist clean
+
+help:
+	@echo "make run      install everything, then run pydockd on $(SOCK)"
+	@echo "make test     install everything, then lint, type check and run all tests"
+	@echo "make install  install Debian and Python packages (idempotent)"
+	@echo "make bench    side-by-side benchmarks (COMPARE=dockerd adds a real dockerd)"
+	@echo "make dist     single-file build: dist/pydockd"
+
+install: $(VENV)/.deps $(BUSYBOX_TAR)
+
+# Debian packages: install what is missing (apt-get update first), nothing when all are there.
+$(VENV)/.debian: Makefile
+	@missing=""; for p in $(DEBIAN_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update && apt-get install -y --no-install-recommends $$missing; \
+	fi
+	@if ! command -v docker >/dev/null; then \
+	  echo "no docker CLI found: installing Debian's docker.io for its client (its daemon is not started)"; \
+	  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends docker.io; \
+	  rm -f /usr/sbin/policy-rc.d; \
+	fi
+	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	@touch $@
+
+$(VENV)/.deps: $(VENV)/.debian pyproject.toml
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+# busybox:latest built from Debian's busybox-static by pydock's own code: the first image, offline.
+$(BUSYBOX_TAR): $(VENV)/.deps runtime/busybox_image.py
+	@mkdir -p var
+	$(BIN)/python -m runtime.busybox_image $@
+
+run: install
+	@set -m; $(BIN)/pydockd $(PYDOCKD_FLAGS) & pid=$$!; \
+	trap 'kill -TERM $$pid 2>/dev/null; wait $$pid' INT TERM; \
+	until curl -sf --unix-socket $(SOCK) http://pydock/_ping >/dev/null; do \
+	  kill -0 $$pid 2>/dev/null || exit 1; sleep 0.1; done; \
+	if ! curl -sf --unix-socket $(SOCK) http://pydock/images/busybox:latest/json >/dev/null; then \
+	  curl -sf --unix-socket $(SOCK) -X POST -H 'Content-Type: application/x-tar' \
+	    --data-binary @$(BUSYBOX_TAR) 'http://pydock/images/load?quiet=1' >/dev/null \
+	  && echo "loaded busybox:latest"; \
+	fi; \
+	echo "pydockd is running: export DOCKER_HOST=unix://$(SOCK)"; \
+	wait $$pid
+
+lint: $(VENV)/.deps
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+typecheck: $(VENV)/.deps
+	$(BIN)/mypy
+
+unit: $(VENV)/.deps
+	$(BIN)/pytest tests/unit -q
+
+integration: install
+	$(BIN)/pytest tests/integration -q
+
+test: install lint typecheck
+	$(BIN)/pytest tests -q
+
+openapi: $(VENV)/.deps
+	$(BIN)/python -m app.openapi
+
+bench: install
+	$(BIN)/python -m bench $(if $(COMPARE),--compare $(COMPARE))
+
+dist: $(VENV)/.deps
+	$(BIN)/python -m zipapp --help >/dev/null
+	./contrib/build-dist.sh
+
+clean:
+	rm -rf dist build var *.egg-info .mypy_cache .ruff_cache .pytest_cache

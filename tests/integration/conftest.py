@@ -1,0 +1,60 @@
+"""Fixtures for integration tests: real pydockd daemons, the busybox image, the docker CLI.
+
+Shared file: add fixtures at the end, keep each one self-contained.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.daemon import Daemon, running_daemon
+
+FIXTURES = Path(os.environ.get("PYDOCK_FIXTURES", "/work/shared/fixtures"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.integration)
+            if os.geteuid() != 0:
+                item.add_marker(pytest.mark.skip(reason="integration tests need root"))
+
+
+@pytest.fixture(scope="session")
+def busybox_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """busybox:latest built from Debian's busybox-static by pydock's own code."""
+    from runtime.busybox_image import build_archive
+
+    out = tmp_path_factory.mktemp("images") / "busybox.tar"
+    build_archive(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def daemon(busybox_tar: Path) -> Iterator[Daemon]:
+    """One pydockd for the session, with busybox:latest loaded."""
+    with running_daemon() as d:
+        d.docker("load", "-q", "-i", str(busybox_tar))
+        yield d
+
+
+@pytest.fixture
+def fresh_daemon() -> Iterator[Daemon]:
+    """A pydockd of this test's own (for restarts, crashes, flags), without images."""
+    with running_daemon() as d:
+        yield d
+
+
+@pytest.fixture
+def tmp_root() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="pdt-", dir="/tmp"))
+    yield path
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
