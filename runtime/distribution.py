@@ -1,0 +1,443 @@
+"""Pull and push: moving images between the store and registries, with Docker's progress
+messages (the CLI renders them as per-layer bars).
+
+Pull: manifest (or list -> this platform's manifest), config, then every missing layer as a
+shared, de-duplicated job (`ImageService.ensure_layer`): download into a verified blob, unpack
+into a layer dir. Layers are independent overlay lower dirs, so they download and unpack in
+parallel. Push: gzip each layer once (the compressed digest is remembered), skip blobs the
+registry has, mount across repositories when the blob came from another repo there, upload,
+then put a schema2 manifest.
+
+This module holds no state of its own; it drives `ImageService`, `ImageStore` and
+`RegistryClient`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import IO, Any, BinaryIO, cast
+
+from runtime import layers, reference
+from runtime.errors import InvalidParameter, NotFound, PydockError
+from runtime.images import ImageService, Progress, _LayerJob
+from runtime.imagestore import MEDIA_OCI_GZIP, MEDIA_TAR_GZIP, LayerRecord, hex_of
+from runtime.registry import (
+    INDEX_TYPES,
+    MT_DOCKER_CONFIG,
+    MT_DOCKER_MANIFEST,
+    AuthConfig,
+    RegistryClient,
+    RegistryError,
+    pull_error,
+    select_platform,
+)
+
+log = logging.getLogger("pydock.distribution")
+
+PROGRESS_INTERVAL_S = 0.1
+LAYER_MEDIA_TYPES = {
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+    "application/vnd.docker.image.rootfs.diff.tar",
+    "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+}
+
+
+# --- progress messages ---------------------------------------------------------------------------
+
+
+def human_size(n: float) -> str:
+    """go-units HumanSize: decimal units, 4 significant digits (`36.64kB`, `1.032MB`)."""
+    units = ["B", "kB", "MB", "GB", "TB", "PB"]
+    i = 0
+    while n >= 1000 and i < len(units) - 1:
+        n /= 1000
+        i += 1
+    return f"{n:.4g}{units[i]}"
+
+
+def progress_text(current: int, total: int) -> str:
+    if total <= 0:
+        return f"{human_size(current):>8}"
+    pct = min(50, int(current / total * 100) // 2)
+    return f"[{'=' * pct}>{' ' * (50 - pct)}] {human_size(current):>8}/{human_size(total)}"
+
+
+def layer_message(
+    layer_id: str, status: str, current: int | None = None, total: int | None = None
+) -> dict[str, Any]:
+    msg: dict[str, Any] = {"status": status, "progressDetail": {}, "id": layer_id}
+    if current is not None:
+        msg["progressDetail"] = {"current": current, "total": total or 0}
+        msg["progress"] = progress_text(current, total or 0)
+    return msg
+
+
+class _Throttle:
+    def __init__(self) -> None:
+        self._last = 0.0
+
+    def ready(self) -> bool:
+        now = time.monotonic()
+        if now - self._last >= PROGRESS_INTERVAL_S:
+            self._last = now
+            return True
+        return False
+
+
+class _ProgressReader(io.RawIOBase):
+    """Reads a file in a worker thread and reports progress to the loop (thread-safe)."""
+
+    def __init__(self, f: IO[bytes], report: Callable[[int], None]) -> None:
+        self._f = f
+        self._report = report
+        self._done = 0
+        self._throttle = _Throttle()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: memoryview | bytearray) -> int:  # type: ignore[override]
+        data = self._f.read(len(buf))
+        buf[: len(data)] = data
+        self._done += len(data)
+        if self._throttle.ready():
+            self._report(self._done)
+        return len(data)
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+# --- pull ----------------------------------------------------------------------------------------
+
+
+async def pull(svc: ImageService, ref: reference.Reference, auth: AuthConfig, emit: Progress) -> str:
+    """Pull `ref` (tag or digest); returns the image ID. Raises PydockError kinds.
+
+    Cancellation stops this pull; layer jobs that others share go on.
+    """
+    ref = ref.tagged_or_latest()
+    wanted = ref.digest or ref.tag or reference.DEFAULT_TAG
+    async with RegistryClient(
+        reference.registry_host(ref), auth, insecure_registries=svc.config.insecure_registries
+    ) as client:
+        try:
+            manifest = await client.get_manifest(ref.path, wanted)
+        except PydockError as exc:
+            raise pull_error(ref.familiar(), ref.familiar_name, exc) from exc
+        top_digest = manifest.digest
+        if manifest.media_type in INDEX_TYPES:
+            desc = select_platform(manifest.json())
+            manifest = await client.get_manifest(ref.path, str(desc.get("digest", "")))
+            if manifest.media_type in INDEX_TYPES:
+                raise RegistryError("a manifest list may not point at another manifest list")
+        body = manifest.json()
+        config_desc = body.get("config") or {}
+        layer_descs = body.get("layers") or []
+        config_digest = str(config_desc.get("digest", ""))
+        hex_of(config_digest)
+        emit({"status": f"Pulling from {ref.path}", "id": wanted})
+        existing = svc.store.images.get(config_digest)
+        tag_ref = ref if ref.digest is None else None
+        digest_ref = ref.with_digest(top_digest)
+        if existing is not None:
+            before = svc.store.refs.get(str(tag_ref)) if tag_ref else config_digest
+            await svc.add_image(
+                await asyncio.to_thread(svc.store.config_bytes_blocking, config_digest),
+                tags=[tag_ref] if tag_ref else [],
+                digests=[digest_ref],
+            )
+            emit({"status": f"Digest: {top_digest}"})
+            newer = before != config_digest
+            status = "Downloaded newer image for" if newer else "Image is up to date for"
+            emit({"status": f"Status: {status} {ref.familiar()}"})
+            svc.events.publish("image", "pull", ref.familiar(), {"name": ref.familiar_name})
+            return config_digest
+        config_bytes = await client.get_blob_bytes(ref.path, config_digest)
+        try:
+            config = json.loads(config_bytes)
+            diff_ids = [str(d) for d in config["rootfs"]["diff_ids"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RegistryError(f"invalid image config {config_digest}: {exc}") from exc
+        if len(diff_ids) != len(layer_descs):
+            raise RegistryError("the manifest and the image config disagree on the number of layers")
+        chains = layers.chain_ids(diff_ids)
+        with svc.store.pinned(chains):
+            missing = []
+            for i, desc in enumerate(layer_descs):
+                digest = str(desc.get("digest", ""))
+                hex_of(digest)
+                media = str(desc.get("mediaType", ""))
+                if media not in LAYER_MEDIA_TYPES:
+                    raise RegistryError(f"unsupported layer media type {media!r}")
+                short = hex_of(digest)[:12]
+                if chains[i] in svc.store.layers:
+                    emit(layer_message(short, "Already exists"))
+                else:
+                    emit(layer_message(short, "Pulling fs layer"))
+                    missing.append(i)
+
+            async def one(i: int) -> None:
+                desc = layer_descs[i]
+                make = _layer_maker(svc, client, ref.path, desc, chains[i - 1] if i else None, diff_ids[i])
+                await svc.ensure_layer(chains[i], make, emit)
+
+            async with asyncio.TaskGroup() as tg:
+                for i in missing:
+                    tg.create_task(one(i))
+            await svc.add_image(config_bytes, tags=[tag_ref] if tag_ref else [], digests=[digest_ref])
+        emit({"status": f"Digest: {top_digest}"})
+        emit({"status": f"Status: Downloaded newer image for {ref.familiar()}"})
+        svc.events.publish("image", "pull", ref.familiar(), {"name": ref.familiar_name})
+        return config_digest
+
+
+def _layer_maker(
+    svc: ImageService,
+    client: RegistryClient,
+    repo: str,
+    desc: dict[str, Any],
+    parent: str | None,
+    diff_id: str,
+) -> Callable[[_LayerJob], Awaitable[LayerRecord]]:
+    digest = str(desc["digest"])
+    media = str(desc.get("mediaType", ""))
+    declared_size = int(desc.get("size") or 0)
+    short = hex_of(digest)[:12]
+
+    async def make(job: _LayerJob) -> LayerRecord:
+        if not svc.store.has_blob(digest):
+            await _download(svc, client, repo, digest, declared_size, short, job)
+        svc.blob_sources.setdefault(digest, set()).add(f"{client.host}/{repo}")
+        size = svc.store.blob_path(digest).stat().st_size
+        loop = asyncio.get_running_loop()
+
+        def report(done: int) -> None:
+            loop.call_soon_threadsafe(job.emit, layer_message(short, "Extracting", done, size))
+
+        def opener() -> IO[bytes]:
+            raw = _ProgressReader(open(svc.store.blob_path(digest), "rb"), report)  # noqa: SIM115
+            return io.BufferedReader(raw, layers.CHUNK)
+
+        try:
+            record = await asyncio.to_thread(
+                svc.store.create_layer_blocking,
+                parent,
+                opener,
+                blob=(digest, media, size),
+                expected_diff_id=diff_id,
+            )
+        except PydockError:
+            # A blob that does not unpack to its diff ID is useless: drop it so a retry refetches.
+            with contextlib.suppress(OSError):
+                svc.store.blob_path(digest).unlink()
+            raise
+        job.emit(layer_message(short, "Pull complete"))
+        return record
+
+    return make
+
+
+async def _download(
+    svc: ImageService, client: RegistryClient, repo: str, digest: str, size: int, short: str, job: _LayerJob
+) -> None:
+    if svc.download_slots.locked():
+        job.emit(layer_message(short, "Waiting"))
+    async with svc.download_slots:
+        writer = await asyncio.to_thread(svc.store.new_blob_writer)
+        throttle = _Throttle()
+        try:
+            buf = bytearray()
+            got = 0
+            total = size
+            async for chunk in client.stream_blob(repo, digest):
+                buf += chunk
+                got += len(chunk)
+                if len(buf) >= layers.CHUNK:
+                    await asyncio.to_thread(writer.write, bytes(buf))
+                    buf.clear()
+                if throttle.ready():
+                    job.emit(layer_message(short, "Downloading", got, total))
+            if buf:
+                await asyncio.to_thread(writer.write, bytes(buf))
+            job.emit(layer_message(short, "Verifying Checksum"))
+            await asyncio.to_thread(writer.commit, digest)
+        except BaseException:
+            await asyncio.shield(asyncio.to_thread(writer.abort))
+            raise
+    job.emit(layer_message(short, "Download complete"))
+
+
+# --- push ----------------------------------------------------------------------------------------
+
+
+async def push(
+    svc: ImageService, ref: reference.Reference, tag: str | None, auth: AuthConfig, emit: Progress
+) -> None:
+    """Push one tag (or every tag of the repository when `tag` is empty)."""
+    repo = ref.repository()
+    if tag:
+        tags = [reference.check_tag(tag)]
+    elif ref.tag:
+        tags = [ref.tag]
+    else:
+        tags = sorted(
+            t.tag
+            for t in (reference.parse(r) for r in svc.store.refs)
+            if t.name == repo.name and t.tag and not t.digest
+        )
+    images = []
+    for t in tags:
+        image_id = svc.store.refs.get(str(repo.with_tag(t)))
+        if image_id is None or image_id not in svc.store.images:
+            raise NotFound(f"An image does not exist locally with the tag: {repo.with_tag(t).familiar()}")
+        images.append((t, svc.store.images[image_id]))
+    if not images:
+        raise NotFound(f"An image does not exist locally with the tag: {repo.familiar_name}")
+    emit({"status": f"The push refers to repository [{repo.name}]"})
+    host = reference.registry_host(repo)
+    async with RegistryClient(host, auth, insecure_registries=svc.config.insecure_registries) as client:
+        for t, image in images:
+            with svc.store.pinned(image.chain_ids):
+                for chain in reversed(image.chain_ids):
+                    emit(layer_message(hex_of(svc.store.layers[chain].diff_id)[:12], "Preparing"))
+                descs: list[dict[str, Any]] = [{} for _ in image.chain_ids]
+
+                async def one(i: int, chain: str, descs: list[dict[str, Any]] = descs) -> None:
+                    descs[i] = await _push_layer(svc, client, repo, svc.store.layers[chain], emit)
+
+                async with asyncio.TaskGroup() as tg:
+                    for i, chain in enumerate(image.chain_ids):
+                        tg.create_task(one(i, chain))
+                config_bytes = await asyncio.to_thread(svc.store.config_bytes_blocking, image.image_id)
+                if not await client.blob_exists(repo.path, image.image_id):
+                    await client.upload_blob(
+                        repo.path, image.image_id, len(config_bytes), _one_chunk(config_bytes)
+                    )
+                manifest = json.dumps(
+                    {
+                        "schemaVersion": 2,
+                        "mediaType": MT_DOCKER_MANIFEST,
+                        "config": {
+                            "mediaType": MT_DOCKER_CONFIG,
+                            "size": len(config_bytes),
+                            "digest": image.image_id,
+                        },
+                        "layers": descs,
+                    },
+                    indent=3,
+                ).encode()
+                digest = await client.put_manifest(repo.path, t, manifest, MT_DOCKER_MANIFEST)
+            await svc.add_image(config_bytes, digests=[repo.with_digest(digest)])
+            emit({"status": f"{t}: digest: {digest} size: {len(manifest)}"})
+            emit({"progressDetail": {}, "aux": {"Tag": t, "Digest": digest, "Size": len(manifest)}})
+            svc.events.publish("image", "push", repo.with_tag(t).familiar(), {"name": repo.familiar_name})
+
+
+async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def _push_layer(
+    svc: ImageService, client: RegistryClient, repo: reference.Reference, layer: LayerRecord, emit: Progress
+) -> dict[str, Any]:
+    short = hex_of(layer.diff_id)[:12]
+    digest, size = await _gzip_blob(svc, layer)
+    desc = {"mediaType": MEDIA_TAR_GZIP, "size": size, "digest": digest}
+    async with svc.upload_slots:
+        if await client.blob_exists(repo.path, digest):
+            emit(layer_message(short, "Layer already exists"))
+            return desc
+        for source in sorted(svc.blob_sources.get(digest, ())):
+            src_host, _, src_repo = source.partition("/")
+            if (
+                src_host == client.host
+                and src_repo != repo.path
+                and await client.mount_blob(repo.path, digest, src_repo)
+            ):
+                emit(layer_message(short, f"Mounted from {src_repo}"))
+                return desc
+        throttle = _Throttle()
+
+        def progress(done: int) -> None:
+            if throttle.ready() or done >= size:
+                emit(layer_message(short, "Pushing", done, size))
+
+        await client.upload_blob(
+            repo.path, digest, size, _file_chunks(svc.store.blob_path(digest)), progress=progress
+        )
+    svc.blob_sources.setdefault(digest, set()).add(f"{client.host}/{repo.path}")
+    emit(layer_message(short, "Pushed"))
+    return desc
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    f = await asyncio.to_thread(open, path, "rb")
+    try:
+        while chunk := await asyncio.to_thread(f.read, layers.CHUNK):
+            yield chunk
+    finally:
+        f.close()
+
+
+async def _gzip_blob(svc: ImageService, layer: LayerRecord) -> tuple[str, int]:
+    """A gzip blob of the layer: the one pulled, or one made (deterministically) once and kept."""
+    for digest, size in layer.compressed.items():
+        if svc.store.has_blob(digest):
+            return digest, size
+    if layer.blob_media_type in (MEDIA_TAR_GZIP, MEDIA_OCI_GZIP) and svc.store.has_blob(layer.blob):
+        return layer.blob, layer.blob_size
+
+    def make() -> tuple[str, int]:
+        writer = svc.store.new_blob_writer()
+        try:
+            compressed = layer.blob != layer.diff_id
+            chunks = layers.read_file_chunks(svc.store.blob_path(layer.blob), decompress=compressed)
+            digest, size = layers.gzip_stream(chunks, cast(BinaryIO, _WriterFile(writer)))
+            writer.commit(digest)
+            return digest, size
+        except BaseException:
+            writer.abort()
+            raise
+
+    digest, size = await asyncio.to_thread(make)
+    layer.compressed[digest] = size
+    await asyncio.to_thread(svc.store.save_layer_meta_blocking, layer)
+    return digest, size
+
+
+class _WriterFile:
+    def __init__(self, writer: Any) -> None:
+        self._w = writer
+
+    def write(self, data: bytes) -> int:
+        self._w.write(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def parse_pull_ref(from_image: str, tag: str | None) -> reference.Reference:
+    """`fromImage` + `tag` of `POST /images/create` into one reference (tag may be a digest)."""
+    ref = reference.parse(from_image)
+    if tag:
+        if reference.is_digest(tag):
+            ref = ref.with_digest(tag)
+        elif ref.tag is None and ref.digest is None:
+            ref = ref.with_tag(reference.check_tag(tag))
+        elif ref.tag != tag and ref.digest is None:
+            raise InvalidParameter("invalid reference format")
+    return ref.tagged_or_latest()
