@@ -338,10 +338,11 @@ async def iptables() -> AsyncIterator[IptablesManager]:
 
 
 async def test_rules_present_work_and_are_removed(
-    lab: Lab, iptables: IptablesManager, fake_dockerd: None
+    lab: Lab, iptables: IptablesManager, fake_dockerd: None, request: pytest.FixtureRequest
 ) -> None:
     before = await foreign_rules()
-    await bridge.enable_ip_forward()
+    if await bridge.enable_ip_forward():  # forwarding is needed here; put the host back after
+        request.addfinalizer(lambda: Path("/proc/sys/net/ipv4/ip_forward").write_text("0\n"))
     net1 = await lab.network()
     net2 = await lab.network()
     srv, srv_ip = await lab.namespace(net1, 2)
