@@ -11,7 +11,7 @@ from starlette.types import ASGIApp
 
 from app import errors
 from app.middleware import API_VERSION, ApiVersionMiddleware
-from app.routers import system
+from app.routers import images, system
 from runtime.engine import VERSION, Engine
 
 
@@ -28,6 +28,7 @@ def create_fastapi(engine: Engine | None = None) -> FastAPI:
     app.state.engine = engine
     errors.install(app)
     app.include_router(system.router)
+    app.include_router(images.router)
     return app
 
 

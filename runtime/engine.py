@@ -18,6 +18,7 @@ from pathlib import Path
 from runtime import store
 from runtime.config import DaemonConfig
 from runtime.events import EventBus
+from runtime.images import ImageService
 from runtime.sysinfo import HostInfo
 
 log = logging.getLogger("pydock.engine")
@@ -110,6 +111,7 @@ class Engine:
         self.config = config
         self.host = HostInfo.probe()
         self.events = EventBus()
+        self.images = ImageService(config, self.events)
         self.engine_id = ""
         self.started_at = time.time()
         self.version = VERSION
@@ -121,6 +123,7 @@ class Engine:
         """Prepare the data and exec roots, then start every service. Raises on fatal setup errors."""
         self.engine_id = await asyncio.to_thread(_prepare_dirs, self.config)
         self.backing_filesystem = await asyncio.to_thread(_filesystem_type, self.config.data_root)
+        await self.images.start()
         await self._probe_components()
         log.info(
             "engine started",
@@ -130,6 +133,7 @@ class Engine:
     async def shutdown(self) -> None:
         """Stop services in reverse order. With live restore, containers keep running."""
         self._stopping.set()
+        await self.images.close()
         self.events.close()
         log.info("engine stopped")
 
@@ -152,7 +156,7 @@ class Engine:
         return ContainerCounts()
 
     def image_count(self) -> int:
-        return 0
+        return self.images.image_count()
 
     @staticmethod
     def task_count() -> int:

@@ -463,7 +463,7 @@ class _Unpacker:
                         f"cannot mark {'/'.join(parent) or '/'!r} opaque: {exc.strerror}"
                     ) from exc
             else:
-                for child in os.listdir(dfd):  # noqa: PTH208 - a dir fd
+                for child in os.listdir(dfd):
                     if (*parent, child) not in self._seen:
                         self._remove(parent, child)
             return
@@ -530,7 +530,7 @@ def _remove_at(dfd: int, name: str) -> None:
     if stat.S_ISDIR(st.st_mode):
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
         try:
-            for child in os.listdir(fd):  # noqa: PTH208 - a dir fd
+            for child in os.listdir(fd):
                 _remove_at(fd, child)
         finally:
             os.close(fd)
