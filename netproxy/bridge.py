@@ -8,8 +8,9 @@ Ownership is explicit. Every bridge and host-side veth made here carries an inte
 (IFLA_IFALIAS, shown by `ip link`) naming its owner, and the caller persists a `BridgeRecord`;
 `delete_bridge` removes a bridge only when both say it is ours, never because of its name.
 
-Netlink goes through `pyroute2.AsyncIPRoute`. Inside a namespace we use a netlink socket
-created there by `netns.run_in_netns` (pyroute2's own `netns=` forks a helper process).
+Netlink goes through `pyroute2.AsyncIPRoute` on the netlink thread (`netlink.py`: uvloop
+cannot host pyroute2's socket). Inside a namespace we use a netlink socket created there by
+`netns.run_in_netns` (pyroute2's own `netns=` forks a helper process).
 This module deals in endpoints, never in containers, and must not import `app/` or `runtime/`
 services.
 """
@@ -17,22 +18,19 @@ services.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import ipaddress
 import logging
 import os
 import secrets
-import socket
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from netproxy.netns import run_in_netns
+from netproxy.netlink import iproute, on_netlink_thread
 from runtime.errors import InvalidParameter, NotFound, SystemError_
 
 log = logging.getLogger(__name__)
@@ -104,35 +102,6 @@ async def _ensure(op: Awaitable[T], *done: int) -> T | None:
         raise
 
 
-# --- netlink sockets ----------------------------------------------------------------------------
-
-
-def _open_netlink() -> socket.socket:
-    # pyroute2 hands a given socket to asyncio as a datagram endpoint: it must be SOCK_DGRAM.
-    return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 0)
-
-
-@contextlib.asynccontextmanager
-async def _iproute(netns_path: str | None = None) -> AsyncIterator[Any]:
-    """An AsyncIPRoute in the host namespace, or in `netns_path` through a socket made there."""
-    sock: socket.socket | None = None
-    if netns_path is None:
-        ipr = AsyncIPRoute()
-    else:
-        try:
-            sock = await run_in_netns(netns_path, _open_netlink)
-        except OSError as exc:
-            raise SystemError_(f"cannot enter network namespace {netns_path}: {exc}") from exc
-        ipr = AsyncIPRoute(use_socket=sock)
-    try:
-        yield ipr
-    finally:
-        ipr.close()
-        if sock is not None:
-            # pyroute2 leaves a socket it was given open; an open socket pins the namespace.
-            sock.close()
-
-
 async def _index(ipr: Any, ifname: str) -> int | None:
     found = await ipr.link_lookup(ifname=ifname)
     return int(found[0]) if found else None
@@ -149,7 +118,7 @@ async def _link_alias(ipr: Any, index: int) -> str | None:
 # --- bridges ------------------------------------------------------------------------------------
 
 
-async def ensure_bridge(
+async def _ensure_bridge(
     name: str,
     gateway: ipaddress.IPv4Interface,
     *,
@@ -157,15 +126,8 @@ async def ensure_bridge(
     mtu: int = DEFAULT_MTU,
     previous: BridgeRecord | None = None,
 ) -> BridgeRecord:
-    """Make sure bridge `name` exists, holds `gateway` and is up; return its record.
-
-    A bridge that exists already is used as is (the gateway address is added if missing) and
-    is ours only if `previous` says we created it and it still carries our alias. Running
-    this twice is harmless. Raises `SystemError_` on netlink failures, `InvalidParameter` when
-    `name` is an existing non-bridge interface.
-    """
     _check_ifname(name)
-    async with _iproute() as ipr:
+    async with iproute() as ipr:
         try:
             index = await _index(ipr, name)
             created = False
@@ -205,15 +167,10 @@ async def ensure_bridge(
     return BridgeRecord(name=name, gateway=str(gateway), created=created, owner=owner, mtu=mtu)
 
 
-async def delete_bridge(record: BridgeRecord) -> bool:
-    """Delete the bridge if pydock created it and it still carries our alias.
-
-    Returns True when it was deleted (or was already gone), False when it is not ours and was
-    left alone. Raises `SystemError_` on netlink failures.
-    """
+async def _delete_bridge(record: BridgeRecord) -> bool:
     if not record.created:
         return False
-    async with _iproute() as ipr:
+    async with iproute() as ipr:
         try:
             index = await _index(ipr, record.name)
             if index is None:
@@ -231,20 +188,12 @@ async def delete_bridge(record: BridgeRecord) -> bool:
 # --- endpoints ----------------------------------------------------------------------------------
 
 
-async def attach(endpoint: Endpoint, *, owner: str) -> AttachedEndpoint:
-    """Plug the namespace `endpoint.netns_path` into `endpoint.bridge` with a veth pair.
-
-    The namespace side is created there directly under `endpoint.ifname`, gets the address,
-    MAC and MTU, is brought up with `lo`, and gets the default route via `endpoint.gateway`
-    when one is given. The host side joins the bridge and comes up. On any failure the pair
-    is deleted again, so nothing is left half-made. Raises `NotFound` when the bridge is
-    missing, `SystemError_` for other netlink failures. Cancellation also removes the pair.
-    """
+async def _attach(endpoint: Endpoint, *, owner: str) -> AttachedEndpoint:
     _check_ifname(endpoint.ifname)
     host_ifname = endpoint.host_ifname or random_veth_name()
     _check_ifname(host_ifname)
     mac = endpoint.mac or docker_mac(endpoint.address.ip)
-    async with _iproute() as ipr:
+    async with iproute() as ipr:
         bridge_index = await _index(ipr, endpoint.bridge)
         if bridge_index is None:
             raise NotFound(f"bridge {endpoint.bridge} not found")
@@ -289,7 +238,7 @@ async def attach(endpoint: Endpoint, *, owner: str) -> AttachedEndpoint:
 
 
 async def _configure_inside(endpoint: Endpoint, mac: str) -> None:
-    async with _iproute(endpoint.netns_path) as ipr:
+    async with iproute(endpoint.netns_path) as ipr:
         lo = await _index(ipr, "lo")
         if lo is not None:
             await ipr.link("set", index=lo, state="up")
@@ -315,19 +264,14 @@ async def _configure_inside(endpoint: Endpoint, mac: str) -> None:
 
 
 async def _delete_link(ifname: str) -> None:
-    async with _iproute() as ipr:
+    async with iproute() as ipr:
         index = await _index(ipr, ifname)
         if index is not None:
             await _ensure(ipr.link("del", index=index), errno.ENOENT, errno.ENODEV)
 
 
-async def detach(host_ifname: str, *, owner: str) -> bool:
-    """Delete the host end of an endpoint's veth pair (the peer goes with it).
-
-    Only a veth carrying our alias is deleted; a missing one counts as done (the namespace
-    may have died and taken the pair along). Returns whether something of ours is now gone.
-    """
-    async with _iproute() as ipr:
+async def _detach(host_ifname: str, *, owner: str) -> bool:
+    async with iproute() as ipr:
         try:
             index = await _index(ipr, host_ifname)
             if index is None:
@@ -341,10 +285,9 @@ async def detach(host_ifname: str, *, owner: str) -> bool:
     return True
 
 
-async def links_owned_by(owner: str) -> list[str]:
-    """Names of host interfaces that carry our alias (stale-veth sweeps, leak tests)."""
+async def _links_owned_by(owner: str) -> list[str]:
     names: list[str] = []
-    async with _iproute() as ipr:
+    async with iproute() as ipr:
         async for msg in await ipr.link("dump"):
             if msg.get("ifalias") == owner:
                 names.append(str(msg.get("ifname")))
@@ -390,3 +333,59 @@ async def enable_bridge_nf() -> bool:
         return True
 
     return await asyncio.to_thread(write)
+
+
+# --- public coroutines: run on the netlink thread, awaitable from any loop ---------------------
+
+
+async def ensure_bridge(
+    name: str,
+    gateway: ipaddress.IPv4Interface,
+    *,
+    owner: str,
+    mtu: int = DEFAULT_MTU,
+    previous: BridgeRecord | None = None,
+) -> BridgeRecord:
+    """Make sure bridge `name` exists, holds `gateway` and is up; return its record.
+
+    A bridge that exists already is used as is (the gateway address is added if missing) and
+    is ours only if `previous` says we created it and it still carries our alias. Running
+    this twice is harmless. Raises `SystemError_` on netlink failures, `InvalidParameter` when
+    `name` is an existing non-bridge interface.
+    """
+    return await on_netlink_thread(_ensure_bridge(name, gateway, owner=owner, mtu=mtu, previous=previous))
+
+
+async def delete_bridge(record: BridgeRecord) -> bool:
+    """Delete the bridge if pydock created it and it still carries our alias.
+
+    Returns True when it was deleted (or was already gone), False when it is not ours and was
+    left alone. Raises `SystemError_` on netlink failures.
+    """
+    return await on_netlink_thread(_delete_bridge(record))
+
+
+async def attach(endpoint: Endpoint, *, owner: str) -> AttachedEndpoint:
+    """Plug the namespace `endpoint.netns_path` into `endpoint.bridge` with a veth pair.
+
+    The namespace side is created there directly under `endpoint.ifname`, gets the address,
+    MAC and MTU, is brought up with `lo`, and gets the default route via `endpoint.gateway`
+    when one is given. The host side joins the bridge and comes up. On any failure the pair
+    is deleted again, so nothing is left half-made. Raises `NotFound` when the bridge is
+    missing, `SystemError_` for other netlink failures. Cancellation also removes the pair.
+    """
+    return await on_netlink_thread(_attach(endpoint, owner=owner))
+
+
+async def detach(host_ifname: str, *, owner: str) -> bool:
+    """Delete the host end of an endpoint's veth pair (the peer goes with it).
+
+    Only a veth carrying our alias is deleted; a missing one counts as done (the namespace
+    may have died and taken the pair along). Returns whether something of ours is now gone.
+    """
+    return await on_netlink_thread(_detach(host_ifname, owner=owner))
+
+
+async def links_owned_by(owner: str) -> list[str]:
+    """Names of host interfaces that carry our alias (stale-veth sweeps, leak tests)."""
+    return await on_netlink_thread(_links_owned_by(owner))

@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import AsyncIPRoute
-
+from netproxy.netlink import iproute, on_netlink_thread
 from runtime import store
 from runtime.errors import (
     AddressInUse,
@@ -168,20 +167,21 @@ def pick_subnet(pools: Sequence[PoolSpec], taken: Iterable[IPv4Network]) -> IPv4
     raise NoAvailablePool()
 
 
-async def host_routes() -> list[IPv4Network]:
-    """IPv4 destinations routed on the host (main table), the default route left out."""
+async def _host_routes() -> list[IPv4Network]:
     routes: list[IPv4Network] = []
-    ipr = AsyncIPRoute()
-    try:
+    async with iproute() as ipr:
         async for msg in await ipr.route("dump", family=2):
             dst_len = int(msg.get("dst_len") or 0)
             dst = msg.get("dst")
             if dst_len == 0 or dst is None or msg.get("table") not in (254, None):
                 continue
             routes.append(IPv4Network(f"{dst}/{dst_len}", strict=False))
-    finally:
-        ipr.close()
     return routes
+
+
+async def host_routes() -> list[IPv4Network]:
+    """IPv4 destinations routed on the host (main table), the default route left out."""
+    return await on_netlink_thread(_host_routes())
 
 
 # --- the store ----------------------------------------------------------------------------------

@@ -637,3 +637,38 @@ async def test_zz_nothing_of_this_run_is_left() -> None:
     _, out = await run("iptables-save")
     assert PREFIX not in out
     assert parse_save(out).chains.isdisjoint(Chains(PREFIX).owned("filter"))
+
+
+def test_everything_works_under_uvloop() -> None:
+    """pydockd runs on uvloop, which refuses pyroute2's netlink socket: the netlink thread."""
+    import uvloop
+
+    async def scenario() -> None:
+        lab = Lab()
+        try:
+            net = await lab.network()
+            srv, srv_ip = await lab.namespace(net, 2)
+            await lab.spawn(srv, EOF_SERVER, "8000")
+            alloc = PortAllocator()
+            (hp,) = alloc.reserve([PortRequest(8000, Proto.TCP, "127.0.0.1")])
+            proxy = TcpProxy(hp.sock, (srv_ip, 8000))
+            proxy.start()
+            try:
+                assert await tcp_exchange("127.0.0.1", hp.host_port, b"y" * 5000) == b"got 5000"
+            finally:
+                await proxy.close()
+                alloc.release([hp])
+            dns = DnsServer(upstreams=[])
+            await dns.attach("k", f"/run/netns/{srv}")
+            dns.set_records("k", {"web": [srv_ip]})
+            _, out = await run("ip", "netns", "exec", srv, "busybox", "nslookup", "web", "127.0.0.11")
+            assert f"Address: {srv_ip}" in out
+            await dns.close()
+        finally:
+            await lab.close()
+
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()
