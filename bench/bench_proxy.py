@@ -346,9 +346,21 @@ async def run_async(
     return results
 
 
-def run(**kwargs: Any) -> dict[str, Any]:
-    """Run the benchmark in a fresh event loop (needs root); returns the numbers."""
-    return asyncio.run(run_async(**kwargs))
+def run(*, use_uvloop: bool = True, **kwargs: Any) -> dict[str, Any]:
+    """Run the benchmark in a fresh event loop (uvloop, as pydockd; needs root)."""
+    if use_uvloop:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+        try:
+            res = loop.run_until_complete(run_async(**kwargs))
+        finally:
+            loop.close()
+        res["loop"] = "uvloop"
+        return res
+    res = asyncio.run(run_async(**kwargs))
+    res["loop"] = "asyncio"
+    return res
 
 
 def main() -> None:
@@ -359,6 +371,7 @@ def main() -> None:
     ap.add_argument("--modes", default="direct,splice,relay,docker-proxy")
     ap.add_argument("--docker-proxy", default=None, help="path of a docker-proxy binary to compare")
     ap.add_argument("--repeat", type=int, default=3, help="throughput runs per path (best counts)")
+    ap.add_argument("--asyncio", action="store_true", help="the stdlib loop instead of uvloop")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     started = time.perf_counter()
@@ -369,12 +382,13 @@ def main() -> None:
         modes=tuple(args.modes.split(",")),
         docker_proxy=args.docker_proxy,
         repeat=args.repeat,
+        use_uvloop=not args.asyncio,
     )
     if args.json:
         print(json.dumps(res))
         return
     print(
-        f"proxy benchmark: {args.size_mib} MiB, {args.rounds} round trips "
+        f"proxy benchmark ({res['loop']}): {args.size_mib} MiB, {args.rounds} round trips "
         f"({time.perf_counter() - started:.1f} s)"
     )
     cols = (
@@ -387,13 +401,13 @@ def main() -> None:
         "connect_p99_us",
         "ok",
     )
-    print(f"{'path':<14}" + "".join(f"{c:>16}" for c in cols))
+    print(f"{'path':<14}" + "".join(f"{c:>20}" for c in cols))
     for mode in args.modes.split(","):
         row = res.get(mode)
         if row is None:
             print(f"{mode:<14}  (not installed)")
             continue
-        print(f"{mode:<14}" + "".join(f"{row[c]!s:>16}" for c in cols))
+        print(f"{mode:<14}" + "".join(f"{row[c]!s:>20}" for c in cols))
 
 
 if __name__ == "__main__":
