@@ -588,7 +588,8 @@ def pull_error(ref_familiar: str, repo_path: str, exc: PydockError) -> PydockErr
     if isinstance(exc, ManifestUnknown):
         return NotFound(f"manifest for {ref_familiar} not found: {exc}")
     if isinstance(exc, Unauthorized):
-        return Unauthorized(
+        # dockerd answers 404 here (not 401, which would make the CLI prompt for a login).
+        return NotFound(
             f"pull access denied for {repo_path}, repository does not exist or may require "
             f"'docker login': {exc}"
         )

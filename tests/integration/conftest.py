@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.daemon import Daemon, running_daemon
+from tests.integration.registry import Registry, running_registry
 
 FIXTURES = Path(os.environ.get("PYDOCK_FIXTURES", "/work/shared/fixtures"))
 
@@ -58,3 +59,24 @@ def tmp_root() -> Iterator[Path]:
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
+
+
+# --- registries (images) ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def registry() -> Iterator[Registry]:
+    """A real `docker-registry` on 127.0.0.1 (no auth), with the fixtures pushed by skopeo:
+    `busybox:latest` (docker-save) and `oci/busybox:latest` (OCI layout)."""
+    with running_registry() as reg:
+        reg.copy_archive(FIXTURES / "busybox-docker-save.tar", "busybox:latest")
+        reg.copy_archive(FIXTURES / "busybox-oci.tar", "oci/busybox:latest", fmt="oci-archive")
+        yield reg
+
+
+@pytest.fixture(scope="session")
+def auth_registry() -> Iterator[Registry]:
+    """A real `docker-registry` with htpasswd basic auth (user `pydock`, password `s3cret`)."""
+    with running_registry(auth=("pydock", "s3cret")) as reg:
+        reg.copy_archive(FIXTURES / "busybox-docker-save.tar", "private/busybox:latest")
+        yield reg
