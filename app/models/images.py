@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from app.models.wire import WireModel
+
+class WireModel(BaseModel):
+    """Engine API bodies: Docker's names; unknown request fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
 
 class AuthConfig(WireModel):
