@@ -11,7 +11,7 @@ from starlette.types import ASGIApp
 
 from app import errors
 from app.middleware import API_VERSION, ApiVersionMiddleware
-from app.routers import images, system
+from app.routers import attach, containers, images, system
 from runtime.engine import VERSION, Engine
 
 
@@ -29,6 +29,8 @@ def create_fastapi(engine: Engine | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(system.router)
     app.include_router(images.router)
+    app.include_router(containers.router)
+    app.include_router(attach.router)
     return app
 
 

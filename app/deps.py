@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from fastapi import Request
 
+from runtime.containers import ContainerService
 from runtime.engine import Engine
 
 
 def get_engine(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
+
+
+def get_containers(request: Request) -> ContainerService:
+    return get_engine(request).containers
 
 
 def api_version(request: Request) -> str:

@@ -12,26 +12,20 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 from runtime import store
 from runtime.config import DaemonConfig
+from runtime.containers import ContainerService
 from runtime.events import EventBus
+from runtime.hostfacts import HostFacts
 from runtime.images import ImageService
+from runtime.records import ContainerCounts
 from runtime.sysinfo import HostInfo
 
 log = logging.getLogger("pydock.engine")
 
 VERSION = "0.1.0"
-
-
-@dataclass(frozen=True, slots=True)
-class ContainerCounts:
-    total: int = 0
-    running: int = 0
-    paused: int = 0
-    stopped: int = 0
 
 
 async def _tool_version(argv: list[str], marker: str) -> str | None:
@@ -112,6 +106,8 @@ class Engine:
         self.host = HostInfo.probe()
         self.events = EventBus()
         self.images = ImageService(config, self.events)
+        self.host_facts = HostFacts.probe()
+        self.containers = ContainerService(config, self.events, self.images, self.host_facts)
         self.engine_id = ""
         self.started_at = time.time()
         self.version = VERSION
@@ -125,6 +121,7 @@ class Engine:
         self.backing_filesystem = await asyncio.to_thread(_filesystem_type, self.config.data_root)
         await self.images.start()
         await self._probe_components()
+        await self.containers.open()
         log.info(
             "engine started",
             extra={"data_root": str(self.config.data_root), "exec_root": str(self.config.exec_root)},
@@ -133,6 +130,7 @@ class Engine:
     async def shutdown(self) -> None:
         """Stop services in reverse order. With live restore, containers keep running."""
         self._stopping.set()
+        await self.containers.shutdown(live_restore=self.config.live_restore)
         await self.images.close()
         self.events.close()
         log.info("engine stopped")
@@ -153,7 +151,7 @@ class Engine:
             self.component_versions["docker-init"] = init
 
     def container_counts(self) -> ContainerCounts:
-        return ContainerCounts()
+        return self.containers.counts()
 
     def image_count(self) -> int:
         return self.images.image_count()

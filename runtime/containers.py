@@ -1,0 +1,461 @@
+"""`ContainerService`: the container index (IDs, names), create, list, inspect, and the front door
+to each container's supervisor.
+
+The service owns the name index and the map of supervisors; each supervisor owns its container's
+state. Reference resolution follows dockerd: full ID, then exact name, then unique ID prefix.
+Check-then-act on the name index never awaits in between (no races on names).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any
+
+from app.models.containers import ContainerCreateRequest
+from app.models.endpoints import NetworkingConfig
+from app.models.hostconfig import HostConfig
+from runtime import ids, store
+from runtime.config import DaemonConfig
+from runtime.errors import (
+    AmbiguousRef,
+    Conflict,
+    InvalidParameter,
+    NameInUse,
+    NoSuchContainer,
+    PydockError,
+)
+from runtime.events import EventBus
+from runtime.hostfacts import HostFacts
+from runtime.images import ImageService
+from runtime.inspect import inspect_body, summary_ports
+from runtime.launch import Launcher
+from runtime.listing import ListFilter, summary
+from runtime.names import random_name
+from runtime.netattach import BasicNetwork, NetworkHooks, joined_netns
+from runtime.oci import OciRuntime, RuncRuntime
+from runtime.prune import container_prune_filter
+from runtime.records import Container, ContainerCounts, ContainerState, Status, now_rfc3339
+from runtime.spec import entrypoint_and_args, merge_image_config
+from runtime.supervisor import Kill, Pause, Remove, Start, Stop, Supervisor, Unpause
+from runtime.validation import CreateLimits, adapt_host_config, check_create
+
+log = logging.getLogger("pydock.containers")
+
+
+class ContainerService:
+    def __init__(
+        self, config: DaemonConfig, events: EventBus, images: ImageService, host_facts: HostFacts
+    ) -> None:
+        self.config = config
+        self.events = events
+        self.images = images
+        self.host_facts = host_facts
+        self.network: NetworkHooks = BasicNetwork(self._netns_of)
+        self._supervisors: dict[str, Supervisor] = {}
+        self._names: dict[str, str] = {}  # name → cid
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._runtimes: dict[str, OciRuntime] = {}
+        self._stopping = False
+        self.launcher = Launcher(self)
+        images.set_usage_probe(self.image_users)
+
+    # --- LaunchContext ----------------------------------------------------------------------------
+
+    def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def forget(self, cid: str) -> None:
+        sup = self._supervisors.pop(cid, None)
+        if sup is not None and self._names.get(sup.container.name) == cid:
+            del self._names[sup.container.name]
+
+    def is_stopping(self) -> bool:
+        return self._stopping
+
+    def runtime_for(self, name: str) -> OciRuntime:
+        runtime = self._runtimes.get(name)
+        if runtime is None:
+            spec = self.config.runtime(name)
+            if spec is None:
+                raise InvalidParameter(f"Unknown runtime specified {name}")
+            binary = spec.resolved()
+            if binary is None:
+                raise InvalidParameter(f"runtime {name}: {spec.path} not found")
+            log_dir = self.config.exec_root / "runtime-logs"
+            log_dir.mkdir(parents=True, exist_ok=True)
+            runtime = RuncRuntime(binary, self.config.runtime_root, log_dir, name=name)
+            self._runtimes[name] = runtime
+        return runtime
+
+    # --- startup / shutdown -----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Load every container record; re-adopt running ones, restart those whose policy says so."""
+        records = await asyncio.to_thread(self._load_records)
+        for container in records:
+            sup = Supervisor(container, self.launcher)
+            self._supervisors[container.cid] = sup
+            self._names[container.name] = container.cid
+            sup.spawn()
+        for sup in list(self._supervisors.values()):
+            await self._reconcile(sup)
+
+    def _load_records(self) -> list[Container]:
+        out: list[Container] = []
+        root = self.config.containers_dir
+        for entry in sorted(root.iterdir()) if root.is_dir() else []:
+            if not entry.is_dir() or not ids.is_full_id(entry.name):
+                continue
+            try:
+                out.append(Container.load(entry))
+            except (OSError, ValueError, KeyError) as exc:
+                log.error("skipping broken container record %s: %s", entry.name, exc)
+        return out
+
+    async def _reconcile(self, sup: Supervisor) -> None:
+        c = sup.container
+        state = c.state
+        if state.status in (Status.RUNNING, Status.PAUSED) and _alive(state.pid, state.pid_start_time):
+            sup.adopt(state.pid)
+            log.info("re-adopted running container", extra={"container": c.short_id, "pid": state.pid})
+            return
+        if state.status in (Status.RUNNING, Status.PAUSED, Status.RESTARTING):
+            # It died while the daemon was away: its exit status is lost.
+            state.status = Status.EXITED
+            state.pid = 0
+            state.exit_code = 255 if state.status != Status.RESTARTING else state.exit_code
+            state.finished_at = now_rfc3339()
+            await self.launcher.teardown(c)
+            await sup.persist_state()
+        if state.status == Status.REMOVING:
+            with contextlib.suppress(PydockError):
+                await sup.request(Remove(force=True, volumes=False))
+            return
+        policy = c.host_config.RestartPolicy.Name or "no"
+        if policy == "always" or (policy == "unless-stopped" and not state.manually_stopped):
+            try:
+                await sup.request(Start())
+            except PydockError as exc:
+                log.warning("restart at daemon start failed: %s", exc, extra={"container": c.short_id})
+
+    async def shutdown(self, *, live_restore: bool) -> None:
+        """Daemon shutdown: stop running containers (unless live restore), end supervisors."""
+        self._stopping = True
+        if not live_restore:
+            running = [s for s in self._supervisors.values() if s.container.state.running]
+            await asyncio.gather(*(self._stop_for_shutdown(s) for s in running), return_exceptions=True)
+        for sup in list(self._supervisors.values()):
+            await sup.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _stop_for_shutdown(self, sup: Supervisor) -> None:
+        with contextlib.suppress(PydockError):
+            waiter = await sup.request(Stop(timeout_s=None, signal=None))
+            await waiter
+        # Docker keeps the restart policy intact across a daemon restart.
+        sup.container.state.manually_stopped = False
+        await sup.persist_state()
+
+    # --- resolution -------------------------------------------------------------------------------
+
+    def get(self, ref: str) -> Supervisor:
+        """Full ID, then exact name, then unique ID prefix (dockerd's order). Raises NoSuchContainer."""
+        sup = self._supervisors.get(ref)
+        if sup is not None:
+            return sup
+        name = ref[1:] if ref.startswith("/") else ref
+        cid = self._names.get(name)
+        if cid is not None:
+            return self._supervisors[cid]
+        matches = ids.match_prefix(ref, self._supervisors)
+        if len(matches) == 1:
+            return self._supervisors[matches[0]]
+        if len(matches) > 1:
+            raise AmbiguousRef("container", ref)
+        raise NoSuchContainer(ref)
+
+    def all(self) -> list[Supervisor]:
+        return list(self._supervisors.values())
+
+    def _netns_of(self, ref: str) -> str:
+        sup = self.get(ref)
+        return joined_netns(sup.container.state.pid if sup.container.state.running else 0, ref)
+
+    def image_users(self, image_id: str) -> list[tuple[str, bool]]:
+        return [
+            (s.container.cid, s.container.state.running)
+            for s in self._supervisors.values()
+            if s.container.image_id == image_id
+        ]
+
+    def counts(self) -> ContainerCounts:
+        total = running = paused = 0
+        for sup in self._supervisors.values():
+            total += 1
+            status = sup.container.state.status
+            if status == Status.RUNNING:
+                running += 1
+            elif status == Status.PAUSED:
+                paused += 1
+        return ContainerCounts(total, running, paused, total - running - paused)
+
+    # --- create -----------------------------------------------------------------------------------
+
+    async def create(self, body: ContainerCreateRequest, name: str | None) -> tuple[str, list[str]]:
+        """Create a container; returns (cid, warnings). Raises NoSuchImage (404, the CLI then
+        pulls), InvalidParameter (400), NameInUse (409)."""
+        if name:
+            name = ids.check_container_name(name)
+        image = self.images.resolve(body.Image)
+        hc = body.HostConfig or HostConfig()
+        config = body.config()
+        config, warnings = check_create(config, hc, self.create_limits())
+        hc = adapt_host_config(
+            hc, cgroup_v2=self.host_facts.cgroup_v2, default_runtime=self.config.default_runtime
+        )
+        runtime_name = hc.Runtime or self.config.default_runtime
+        if self.config.runtime(runtime_name) is None:
+            raise InvalidParameter(f"Unknown runtime specified {runtime_name}")
+        merged = merge_image_config(config, (image.config or {}).get("config"))
+        merged.Image = body.Image
+        cid = ids.new_id()
+        if not merged.Hostname:
+            merged.Hostname = os.uname().nodename if hc.NetworkMode == "host" else cid[:12]
+        path, args = entrypoint_and_args(merged)
+        # Reserve the name with no await between check and insert.
+        if name:
+            owner = self._names.get(name)
+            if owner is not None:
+                raise NameInUse(name, owner)
+        else:
+            name = random_name(self._names)
+        container = Container(
+            cid=cid,
+            name=name,
+            created=now_rfc3339(),
+            image_id=image.image_id,
+            config=merged,
+            host_config=hc,
+            networking=body.NetworkingConfig or NetworkingConfig(),
+            path=path,
+            args=args,
+            data_dir=self.config.containers_dir / cid,
+            runtime=runtime_name,
+            state=ContainerState(),
+        )
+        self._names[name] = cid
+        try:
+            await asyncio.to_thread(self._write_new, container)
+        except BaseException:
+            self._names.pop(name, None)
+            raise
+        sup = Supervisor(container, self.launcher)
+        self._supervisors[cid] = sup
+        sup.spawn()
+        sup.event("create")
+        return cid, warnings
+
+    @staticmethod
+    def _write_new(container: Container) -> None:
+        tmp = container.data_dir.with_name(f"{store.TMP_PREFIX}{container.cid}")
+        tmp.mkdir(mode=0o710)
+        final_dir = container.data_dir
+        container.data_dir = tmp
+        try:
+            container.save_config()
+            container.save_state()
+        finally:
+            container.data_dir = final_dir
+        os.rename(tmp, final_dir)  # the record appears whole or not at all
+        store.fsync_dir(final_dir.parent)
+
+    def create_limits(self) -> CreateLimits:
+        return CreateLimits(
+            ncpu=os.cpu_count() or 1,
+            cgroup_v2=self.host_facts.cgroup_v2,
+            swap_limit=self.host_facts.swap_limit,
+        )
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self, ref: str) -> None:
+        await self.get(ref).request(Start())
+
+    async def stop(self, ref: str, timeout_s: int | None = None, signal: str | None = None) -> None:
+        waiter = await self.get(ref).request(Stop(timeout_s=timeout_s, signal=signal))
+        await asyncio.shield(waiter)
+
+    async def restart(self, ref: str, timeout_s: int | None = None, signal: str | None = None) -> None:
+        sup = self.get(ref)
+        if sup.container.state.running or sup.container.state.status == Status.RESTARTING:
+            with contextlib.suppress(PydockError):
+                waiter = await sup.request(Stop(timeout_s=timeout_s, signal=signal))
+                await asyncio.shield(waiter)
+        await sup.request(Start())
+        sup.event("restart")
+
+    async def kill(self, ref: str, signal: str | None = None) -> None:
+        await self.get(ref).request(Kill(signal=signal, ref=ref))
+
+    async def pause(self, ref: str) -> None:
+        await self.get(ref).request(Pause())
+
+    async def unpause(self, ref: str) -> None:
+        await self.get(ref).request(Unpause())
+
+    async def remove(self, ref: str, *, force: bool = False, volumes: bool = False) -> None:
+        sup = self.get(ref)
+        waiter = await sup.request(Remove(force=force, volumes=volumes))
+        if waiter is not None:
+            await asyncio.shield(waiter)
+
+    async def rename(self, ref: str, new_name: str) -> None:
+        sup = self.get(ref)
+        new_name = ids.check_container_name(new_name)
+        old = sup.container.name
+        if new_name == old:
+            raise InvalidParameter("Renaming a container with the same name as its current name")
+        owner = self._names.get(new_name)
+        if owner is not None:
+            raise Conflict(f"Error when allocating new name: {NameInUse(new_name, owner)}")
+        self._names[new_name] = sup.container.cid
+        del self._names[old]
+        sup.container.name = new_name
+        try:
+            await asyncio.to_thread(sup.container.save_config)
+        except BaseException:
+            sup.container.name = old
+            self._names[old] = sup.container.cid
+            self._names.pop(new_name, None)
+            raise
+        sup.event("rename", oldName="/" + old)
+
+    # --- reading ----------------------------------------------------------------------------------
+
+    def inspect(self, ref: str, *, sizes: tuple[int, int] | None = None) -> dict[str, Any]:
+        sup = self.get(ref)
+        return inspect_body(sup.container, self.launcher, sizes=sizes)
+
+    async def sizes(self, ref: str) -> tuple[int, int]:
+        sup = self.get(ref)
+        return await asyncio.to_thread(self._sizes, sup.container)
+
+    def _sizes(self, container: Container) -> tuple[int, int]:
+        rw = _du(self.launcher.rootfs(container).upper)
+        try:
+            image_size = self.images.resolve(container.image_id).size
+        except PydockError:
+            image_size = 0
+        return rw, rw + image_size
+
+    async def list_containers(
+        self, *, all_: bool, limit: int | None, size: bool, filters: dict[str, list[str]]
+    ) -> list[dict[str, Any]]:
+        flt = ListFilter(
+            filters,
+            resolve=lambda ref: self.get(ref).container,
+            image_matches=self._image_matches,
+            networks_of=_networks_of,
+            volumes_of=_volumes_of,
+        )
+        show_all = all_ or flt.includes_stopped or (limit is not None and limit > 0)
+        chosen = [
+            s.container
+            for s in self._supervisors.values()
+            if (show_all or s.container.state.running) and flt(s.container)
+        ]
+        chosen.sort(key=lambda c: c.created, reverse=True)
+        if limit is not None and limit > 0:
+            chosen = chosen[:limit]
+        size_map: dict[str, tuple[int, int]] = {}
+        if size:
+            results = await asyncio.gather(*(asyncio.to_thread(self._sizes, c) for c in chosen))
+            size_map = {c.cid: r for c, r in zip(chosen, results, strict=True)}
+        out = []
+        for c in chosen:
+            settings = c.network_settings or {}
+            out.append(
+                summary(
+                    c,
+                    image_name=c.config.Image or c.image_id,
+                    ports=summary_ports(settings.get("Ports") or {}),
+                    networks=dict(settings.get("Networks") or {}),
+                    mounts=list(c.mounts),
+                    sizes=size_map.get(c.cid),
+                )
+            )
+        return out
+
+    def _image_matches(self, container: Container, ref: str) -> bool:
+        if container.config.Image == ref:
+            return True
+        try:
+            wanted = self.images.resolve(ref).image_id
+        except PydockError:
+            return False
+        return container.image_id == wanted
+
+    async def prune(self, filters: dict[str, list[str]]) -> dict[str, Any]:
+        accept = container_prune_filter(filters)
+        deleted: list[str] = []
+        reclaimed = 0
+        for sup in list(self._supervisors.values()):
+            c = sup.container
+            if c.state.status not in (Status.EXITED, Status.CREATED, Status.DEAD) or not accept(c):
+                continue
+            size_rw, _ = await asyncio.to_thread(self._sizes, c)
+            try:
+                await self.remove(c.cid)
+            except PydockError:
+                continue
+            deleted.append(c.cid)
+            reclaimed += size_rw
+        self.events.publish("container", "prune", "", {"reclaimed": str(reclaimed)})
+        return {"ContainersDeleted": deleted or None, "SpaceReclaimed": reclaimed}
+
+
+def _networks_of(container: Container) -> list[tuple[str, str]]:
+    nets = (container.network_settings or {}).get("Networks") or {}
+    return [(name, str((settings or {}).get("NetworkID", ""))) for name, settings in nets.items()]
+
+
+def _volumes_of(container: Container) -> list[tuple[str, str]]:
+    return [(str(m.get("Name", "")), str(m.get("Destination", ""))) for m in container.mounts]
+
+
+def _alive(pid: int, start_time: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except OSError:
+        return False
+    fields = text.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":
+        return False
+    return start_time == 0 or int(fields[19]) == start_time
+
+
+def _du(path: Path) -> int:
+    total = 0
+    seen: set[tuple[int, int]] = set()
+    for root, dirs, files in os.walk(path):
+        for name in files + dirs:
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(root, name))
+                if (st.st_dev, st.st_ino) in seen:
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512 if st.st_blocks else st.st_size
+    return total

@@ -1,0 +1,239 @@
+"""Bringing one container up and down: rootfs, /etc files, network, OCI bundle, runtime calls.
+
+The supervisor decides *when*; the `Launcher` knows *how*. It holds no per-container state
+beyond what is on disk: the exec-root dir `<exec-root>/containers/<cid>/` (bundle `config.json`,
+`rootfs/` mount point, stdio FIFOs, console socket, runtime log, init pid file) is rebuilt on
+every start and removed on every stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any, Protocol
+
+from runtime import rootfs as rootfs_mod
+from runtime import store
+from runtime.cgroups import CgroupLayout, container_cgroup_path, oom_kill_count
+from runtime.config import DaemonConfig
+from runtime.errors import PydockError, SystemError_
+from runtime.events import EventBus
+from runtime.hostfacts import HostFacts
+from runtime.images import ImageService
+from runtime.netattach import NetworkHooks, NetworkPlan
+from runtime.oci import OciRuntime
+from runtime.records import Container
+from runtime.rootfs import RootFs
+from runtime.spec import SpecInputs, build_spec
+from runtime.stdio import StdioHub
+from runtime.userdb import resolve_user
+
+log = logging.getLogger("pydock.launch")
+
+
+class LaunchContext(Protocol):
+    """What the container service provides to supervisors and the launcher."""
+
+    config: DaemonConfig
+    events: EventBus
+    images: ImageService
+    host_facts: HostFacts
+    network: NetworkHooks
+
+    def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]: ...
+
+    def forget(self, cid: str) -> None: ...
+
+    def is_stopping(self) -> bool: ...
+
+    def runtime_for(self, name: str) -> OciRuntime: ...
+
+
+def cgroups_path(container: Container) -> str:
+    return container_cgroup_path(container.cid, container.host_config.CgroupParent or "")
+
+
+class Launcher:
+    def __init__(self, ctx: LaunchContext) -> None:
+        self.ctx = ctx
+        self.cgroup_layout = CgroupLayout.detect()
+
+    def runtime_dir(self, container: Container) -> Path:
+        return self.ctx.config.bundles_dir / container.cid
+
+    def rootfs(self, container: Container) -> RootFs:
+        return RootFs(container.data_dir, self.runtime_dir(container) / "rootfs")
+
+    def lower_dirs(self, container: Container) -> list[Path]:
+        try:
+            return self.ctx.images.layer_dirs(self.ctx.images.resolve(container.image_id))
+        except PydockError:
+            return []
+
+    def runtime(self, container: Container) -> OciRuntime:
+        return self.ctx.runtime_for(container.runtime)
+
+    # --- up -------------------------------------------------------------------------------------
+
+    async def launch(self, container: Container, stdio: StdioHub) -> int:
+        """Start the container; returns its init pid. Raises a PydockError with the runtime's
+        message (status 400, as dockerd answers start failures) and leaves nothing behind."""
+        rdir = self.runtime_dir(container)
+        rootfs = self.rootfs(container)
+        image = self.ctx.images.resolve(container.image_id)
+        lowers = self.ctx.images.layer_dirs(image)
+        runtime = self.runtime(container)
+        made_rootfs = False
+        plan: NetworkPlan | None = None
+        try:
+            await asyncio.to_thread(self._prepare_dirs, rdir, rootfs, lowers)
+            made_rootfs = True
+            plan = await self.ctx.network.prepare(container)
+            spec_json = await asyncio.to_thread(self._write_bundle, container, rootfs, rdir, plan)
+            del spec_json
+            fds = stdio.prepare()
+            console = rdir / "console.sock" if container.config.Tty else None
+            try:
+                master = await runtime.run(
+                    container.cid,
+                    bundle=rdir,
+                    pid_file=rdir / "init.pid",
+                    console_socket=console,
+                    stdin=fds.stdin,
+                    stdout=fds.stdout,
+                    stderr=fds.stderr,
+                )
+            finally:
+                fds.close()
+            if master is not None:
+                stdio.set_tty_master(master)
+            pid = int((rdir / "init.pid").read_text().strip())
+            await self.ctx.network.activate(container, pid, plan)
+            stdio.start_reading()
+            return pid
+        except BaseException as exc:
+            stdio.close_readers()
+            await asyncio.shield(self._undo(container, rdir, rootfs if made_rootfs else None, plan))
+            if isinstance(exc, PydockError | asyncio.CancelledError):
+                raise
+            if isinstance(exc, OSError):
+                raise SystemError_(f"failed to start container: {exc}") from exc
+            raise
+
+    def _prepare_dirs(self, rdir: Path, rootfs: RootFs, lowers: list[Path]) -> None:
+        rdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        rootfs.create()
+        rootfs.mount(lowers)
+
+    def _write_bundle(
+        self, container: Container, rootfs: RootFs, rdir: Path, plan: NetworkPlan
+    ) -> dict[str, Any]:
+        """Write the /etc files and the OCI `config.json` (blocking: runs in a thread)."""
+        c = container
+        hc = c.host_config
+        cfg = self.ctx.config
+        data = c.data_dir
+        hostname_path = data / "hostname"
+        hosts_path = data / "hosts"
+        resolv_path = data / "resolv.conf"
+        fqdn = c.config.Hostname + (f".{c.config.Domainname}" if c.config.Domainname else "")
+        rootfs_mod.write_file(hostname_path, c.config.Hostname + "\n")
+        rootfs_mod.write_file(
+            hosts_path, rootfs_mod.hosts_content(plan.hosts_entries(fqdn), hc.ExtraHosts or [])
+        )
+        rootfs_mod.write_file(resolv_path, plan.resolv_conf(hc.Dns, hc.DnsSearch, hc.DnsOptions, cfg))
+        user = resolve_user(rootfs.target, c.config.User, hc.GroupAdd or [])
+        inputs = SpecInputs(
+            rootfs=rootfs.target,
+            cgroups_path=cgroups_path(c),
+            user=user,
+            hostname_path=hostname_path,
+            hosts_path=hosts_path,
+            resolv_conf_path=resolv_path,
+            netns=plan.netns,
+            binds=tuple(plan_binds(c)),
+            init_path=Path(cfg.init_binary) if hc.Init else None,
+            host=self.ctx.host_facts,
+            default_ulimits=cfg.default_ulimits,
+        )
+        spec = build_spec(c.config, hc, inputs).to_json()
+        store.write_json(rdir / "config.json", spec, durable=False)
+        return spec
+
+    async def _undo(
+        self, container: Container, rdir: Path, rootfs: RootFs | None, plan: NetworkPlan | None
+    ) -> None:
+        with contextlib.suppress(PydockError, OSError):
+            await self.runtime(container).delete(container.cid, force=True)
+        if plan is not None:
+            with contextlib.suppress(PydockError, OSError):
+                await self.ctx.network.release(container)
+        if rootfs is not None:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(rootfs.unmount)
+        await asyncio.to_thread(_clear_runtime_dir, rdir)
+
+    # --- down -----------------------------------------------------------------------------------
+
+    async def oom_killed(self, container: Container) -> bool:
+        """Whether the kernel OOM killer hit this container (read before its cgroup goes)."""
+        count = await asyncio.to_thread(oom_kill_count, cgroups_path(container), self.cgroup_layout)
+        return count > 0
+
+    async def teardown(self, container: Container) -> None:
+        """After the init exited: runtime state, cgroup, network, rootfs mount, runtime dir."""
+        try:
+            await self.runtime(container).delete(container.cid, force=True)
+        except PydockError as exc:
+            log.warning("runtime delete failed: %s", exc, extra={"container": container.short_id})
+        try:
+            await self.ctx.network.release(container)
+        except PydockError as exc:
+            log.warning("network release failed: %s", exc, extra={"container": container.short_id})
+        rdir = self.runtime_dir(container)
+        rootfs = self.rootfs(container)
+
+        def blocking() -> None:
+            rootfs.unmount()
+            _clear_runtime_dir(rdir)
+
+        await asyncio.to_thread(blocking)
+
+    async def pause(self, container: Container) -> None:
+        await self.runtime(container).pause(container.cid)
+
+    async def resume(self, container: Container) -> None:
+        await self.runtime(container).resume(container.cid)
+
+    async def destroy(self, container: Container, *, remove_volumes: bool) -> None:
+        """Remove everything the container has on disk (it is not running)."""
+        rdir = self.runtime_dir(container)
+        rootfs = self.rootfs(container)
+
+        def blocking() -> None:
+            with contextlib.suppress(OSError):
+                rootfs.unmount()
+            _clear_runtime_dir(rdir)
+            store.remove_tree(container.data_dir)
+
+        await asyncio.to_thread(blocking)
+        await self.ctx.network.forget(container)
+
+
+def plan_binds(container: Container) -> list[Any]:
+    """Bind and volume mounts resolved to host paths (filled in by the volumes work, issue 5)."""
+    return []
+
+
+def _clear_runtime_dir(rdir: Path) -> None:
+    if rdir.is_dir():
+        with contextlib.suppress(OSError):
+            rootfs_mod.unmount(rdir / "rootfs")
+        shutil.rmtree(rdir, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.rmdir(rdir)
