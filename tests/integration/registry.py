@@ -71,7 +71,7 @@ class Registry:
             "log:",
             "  level: warn",
             "  accesslog:",
-            "    disabled: true",
+            "    disabled: false",
             "storage:",
             "  filesystem:",
             f"    rootdirectory: {self.root / 'storage'}",
@@ -107,6 +107,11 @@ class Registry:
             if time.monotonic() > deadline:
                 raise TimeoutError("docker-registry did not answer /v2/")
             time.sleep(0.05)
+
+    def blob_fetches(self, repo: str, digest: str) -> int:
+        """How many times the access log shows a GET of this blob (a HEAD does not count)."""
+        log = (self.root / "registry.log").read_text(errors="replace")
+        return log.count(f'"GET /v2/{repo}/blobs/{digest} ')
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

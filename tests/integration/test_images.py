@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import docker
@@ -313,3 +314,32 @@ def test_pull_killed_half_way_is_completed_by_the_next_pull(
     for i, blob in enumerate(blobs):
         assert (dirs[2 - i] / "data" / f"{i}.bin").read_bytes() == blob
     assert store_leftovers(d) == []
+
+
+def test_concurrent_pulls_share_one_download(
+    fresh_daemon: Daemon, registry: Registry, tmp_root: Path
+) -> None:
+    d = fresh_daemon
+    layers = [layer_tar({f"c/{i}": os.urandom(2 << 20)}) for i in range(3)]
+    archive = tmp_root / "conc.tar"
+    image_id = build_docker_archive(archive, layers, "proto-conc:1")
+    registry.copy_archive(archive, "proto-conc:1")
+    ref = f"{registry.host}/proto-conc:1"
+    procs = [
+        subprocess.Popen(["docker", "pull", ref], env=d.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(3)
+    ]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], results
+    assert image_ids(d) == {image_id}
+    raw, _ = registry.manifest("proto-conc", "1")
+    for desc in json.loads(raw)["layers"]:
+        assert registry.blob_fetches("proto-conc", desc["digest"]) == 1
+    # Events were published for the pull and for a tag.
+    d.docker("tag", ref, "proto-conc:evt")
+    until = str(int(time.time()) + 1)
+    events = d.request(
+        "GET", "/v1.41/events", params={"since": "0", "until": until, "filters": '{"type":["image"]}'}
+    )
+    actions = [json.loads(line)["Action"] for line in events.text.splitlines() if line.strip()]
+    assert "pull" in actions and "tag" in actions
