@@ -132,6 +132,12 @@ class OciRuntimeError(SystemError_):
     def __init__(self, action: str, detail: str, *, status: int = 500) -> None:
         super().__init__(f"OCI runtime {action} failed: {detail}")
         self.status = status
+        self.action = action
+        self.detail = detail
+
+
+class OciContainerNotFound(OciRuntimeError):
+    """The OCI runtime has no state for the container (`container "x" does not exist`)."""
 
 
 # --- networking (netproxy/) ----------------------------------------------------------------------
