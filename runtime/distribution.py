@@ -218,6 +218,15 @@ def _layer_maker(
     short = hex_of(digest)[:12]
 
     async def make(job: _LayerJob) -> LayerRecord:
+        svc.active_blobs[digest] += 1
+        try:
+            return await _make(job)
+        finally:
+            svc.active_blobs[digest] -= 1
+            if svc.active_blobs[digest] <= 0:
+                del svc.active_blobs[digest]
+
+    async def _make(job: _LayerJob) -> LayerRecord:
         if not svc.store.has_blob(digest):
             await _download(svc, client, repo, digest, declared_size, short, job)
         svc.blob_sources.setdefault(digest, set()).add(f"{client.host}/{repo}")

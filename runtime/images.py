@@ -16,6 +16,7 @@ import json
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -75,6 +76,8 @@ class ImageService:
         self._lock = asyncio.Lock()  # metadata changes and deletions, one at a time
         self._layer_jobs: dict[str, _LayerJob] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._creating = 0  # layer creations outside layer jobs (import, commit) in flight
+        self.active_blobs: Counter[str] = Counter()  # blobs a layer job is fetching or unpacking
         self.download_slots = asyncio.Semaphore(max(1, config.max_concurrent_downloads))
         self.upload_slots = asyncio.Semaphore(max(1, config.max_concurrent_uploads))
         self.blob_sources: dict[str, set[str]] = {}  # blob digest -> {"host/repo"} (cross-repo mount)
@@ -220,6 +223,14 @@ class ImageService:
             if listener is not None:
                 with contextlib.suppress(ValueError):
                     job.listeners.remove(listener)
+
+    async def _create_layer(self, parent: str | None, opener: Callable[[], IO[bytes]]) -> LayerRecord:
+        """A layer from an uncompressed stream that no other job can share (import, commit)."""
+        self._creating += 1
+        try:
+            return await asyncio.to_thread(self.store.create_layer_blocking, parent, opener, blob=None)
+        finally:
+            self._creating -= 1
 
     # --- registering images -----------------------------------------------------------------------
 
@@ -525,7 +536,7 @@ class ImageService:
         records.append({"Deleted": image_id})
         victims = self.store.unused_layers(reversed(image.chain_ids))
         gone = self.store.forget_layers(victims)
-        await asyncio.to_thread(self.store.delete_layers_blocking, gone)
+        await asyncio.to_thread(self.store.delete_layers_blocking, gone, self._blobs_to_keep())
         records.extend({"Deleted": layer.chain_id} for layer in gone)
         if prune and image.parent and not self.refs_of(image.parent):
             await self._delete_helper(image.parent, records, force=False, prune=True, quiet=True)
@@ -565,9 +576,27 @@ class ImageService:
                 except PydockError as exc:
                     log.info("prune skipped %s: %s", image.image_id, exc)
             orphans = self.store.forget_layers(self.store.orphan_layers())
-            await asyncio.to_thread(self.store.delete_layers_blocking, orphans)
+            await asyncio.to_thread(self.store.delete_layers_blocking, orphans, self._blobs_to_keep())
+            await self._delete_stray_blobs()
             await asyncio.to_thread(self.store.save_refs_blocking, dict(self.store.refs))
         return {"ImagesDeleted": deleted or None, "SpaceReclaimed": max(0, before - self.store.layers_size())}
+
+    def _blobs_to_keep(self) -> set[str]:
+        return self.store.blobs_in_use() | {d for d, n in self.active_blobs.items() if n > 0}
+
+    async def _delete_stray_blobs(self) -> None:
+        """Blobs no layer or image uses (a pull killed between download and unpack).
+
+        Only while nothing is making layers: a blob being made is in use by no record yet. The
+        directory is listed first, so blobs that land later are never candidates.
+        """
+        listed = await asyncio.to_thread(self.store.list_blobs_blocking)
+        if self._creating or self._layer_jobs:
+            return
+        keep = self._blobs_to_keep()
+        stray = [d for d in listed if d not in keep]
+        if stray:
+            await asyncio.to_thread(self.store.delete_blobs_blocking, stray)
 
     # --- load / save / import / commit ---------------------------------------------------------------
 
@@ -721,7 +750,7 @@ class ImageService:
             def opener() -> IO[bytes]:
                 return open(path, "rb")
 
-            record = await asyncio.to_thread(self.store.create_layer_blocking, None, opener, blob=None)
+            record = await self._create_layer(None, opener)
         finally:
             await asyncio.to_thread(path.unlink, True)
         with self.store.pinned([record.chain_id]):
@@ -776,9 +805,7 @@ class ImageService:
             def opener() -> IO[bytes]:
                 return cast(IO[bytes], _IterReader(layer_tar()))
 
-            record = await asyncio.to_thread(
-                self.store.create_layer_blocking, parent_chain, opener, blob=None
-            )
+            record = await self._create_layer(parent_chain, opener)
             self.store.register_layer(record)
             with self.store.pinned([record.chain_id]):
                 created = now_rfc3339()

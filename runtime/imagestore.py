@@ -403,23 +403,35 @@ class ImageStore:
                 gone.append(record)
         return gone
 
-    def delete_layers_blocking(self, records: Iterable[LayerRecord]) -> None:
-        still_used_blobs = self._blobs_in_use()
+    def delete_layers_blocking(self, records: Iterable[LayerRecord], keep_blobs: set[str]) -> None:
+        """Delete forgotten layers and their blobs, except `keep_blobs` (computed on the loop)."""
         for record in records:
             with contextlib.suppress(FileNotFoundError):
                 self.layer_link(record.chain_id).unlink()
             store.remove_tree(self.layers_dir / hex_of(record.chain_id))
             for digest in {record.blob, *record.compressed}:
-                if digest not in still_used_blobs:
+                if digest not in keep_blobs:
                     with contextlib.suppress(FileNotFoundError, InvalidParameter):
                         self.blob_path(digest).unlink()
 
-    def _blobs_in_use(self) -> set[str]:
+    def blobs_in_use(self) -> set[str]:
         used = set(self.images)
         for layer in self.layers.values():
             used.add(layer.blob)
             used.update(layer.compressed)
         return used
+
+    def list_blobs_blocking(self) -> list[str]:
+        return [
+            "sha256:" + entry.name
+            for entry in os.scandir(self.blobs_dir)
+            if not entry.name.startswith(".") and len(entry.name) == 64
+        ]
+
+    def delete_blobs_blocking(self, digests: Iterable[str]) -> None:
+        for digest in digests:
+            with contextlib.suppress(FileNotFoundError):
+                self.blob_path(digest).unlink()
 
     def orphan_layers(self) -> list[str]:
         """Complete layers that no image uses (left by an interrupted pull or load)."""

@@ -276,3 +276,21 @@ async def test_commit_from_upper_dir(tmp_path: Path, svc: ImageService) -> None:
     assert hist[0]["Id"] == image_id and hist[0]["Comment"] == "snap" and hist[0]["Tags"] == ["snap:v1"]
     with pytest.raises(Conflict, match="dependent child images"):
         await svc.remove(base, force=True)
+
+
+async def test_prune_sweeps_orphans_of_interrupted_pulls(svc: ImageService) -> None:
+    """A pull killed after downloading (stray blob) or after unpacking (orphan layer)."""
+    keep = await add_image(svc, [layer_tar({"k": b"keep"})], "keep:1")
+    stray = await asyncio.to_thread(svc.store.put_blob_blocking, b"downloaded, never unpacked")
+    orphan_blob = layer_tar({"o": b"orphan"})
+    record = await asyncio.to_thread(
+        svc.store.create_layer_blocking, None, lambda: io.BytesIO(orphan_blob), blob=None
+    )
+    svc.store.register_layer(record)
+    result = await svc.prune({})
+    assert result["ImagesDeleted"] is None and result["SpaceReclaimed"] == record.size
+    assert not svc.store.has_blob(stray) and record.chain_id not in svc.store.layers
+    assert not svc.store.has_blob(record.blob)
+    image = svc.resolve("keep:1")
+    assert image.image_id == keep and svc.store.has_blob(svc.store.layers[image.chain_ids[0]].blob)
+    assert svc.store.has_blob(keep)
