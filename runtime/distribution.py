@@ -26,7 +26,7 @@ from typing import IO, Any, BinaryIO, cast
 
 from runtime import layers, reference
 from runtime.errors import InvalidParameter, NotFound, PydockError
-from runtime.images import ImageService, Progress, _LayerJob
+from runtime.images import ImageService, LayerJob, Progress
 from runtime.imagestore import MEDIA_OCI_GZIP, MEDIA_TAR_GZIP, LayerRecord, hex_of
 from runtime.registry import (
     INDEX_TYPES,
@@ -211,13 +211,13 @@ def _layer_maker(
     desc: dict[str, Any],
     parent: str | None,
     diff_id: str,
-) -> Callable[[_LayerJob], Awaitable[LayerRecord]]:
+) -> Callable[[LayerJob], Awaitable[LayerRecord]]:
     digest = str(desc["digest"])
     media = str(desc.get("mediaType", ""))
     declared_size = int(desc.get("size") or 0)
     short = hex_of(digest)[:12]
 
-    async def make(job: _LayerJob) -> LayerRecord:
+    async def make(job: LayerJob) -> LayerRecord:
         svc.active_blobs[digest] += 1
         try:
             return await _make(job)
@@ -226,7 +226,7 @@ def _layer_maker(
             if svc.active_blobs[digest] <= 0:
                 del svc.active_blobs[digest]
 
-    async def _make(job: _LayerJob) -> LayerRecord:
+    async def _make(job: LayerJob) -> LayerRecord:
         if not svc.store.has_blob(digest):
             await _download(svc, client, repo, digest, declared_size, short, job)
         svc.blob_sources.setdefault(digest, set()).add(f"{client.host}/{repo}")
@@ -260,7 +260,7 @@ def _layer_maker(
 
 
 async def _download(
-    svc: ImageService, client: RegistryClient, repo: str, digest: str, size: int, short: str, job: _LayerJob
+    svc: ImageService, client: RegistryClient, repo: str, digest: str, size: int, short: str, job: LayerJob
 ) -> None:
     if svc.download_slots.locked():
         job.emit(layer_message(short, "Waiting"))

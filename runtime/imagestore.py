@@ -25,12 +25,12 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -67,6 +67,25 @@ def short_link_name(chain_id: str) -> str:
 def now_rfc3339() -> str:
     t = time.time_ns()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t // 1_000_000_000)) + f".{t % 1_000_000_000:09d}Z"
+
+
+def unix_time(rfc3339: str) -> int:
+    if not rfc3339:
+        return 0
+    main = rfc3339.rstrip("Z").partition(".")[0]
+    try:
+        dt = datetime.fromisoformat(main.replace("T", " ") + "+00:00")
+    except ValueError:
+        return 0
+    return int(dt.timestamp())
+
+
+def labels_match(wanted: list[str], labels: dict[str, str], *, any_: bool = False) -> bool:
+    results = []
+    for w in wanted:
+        key, sep, value = w.partition("=")
+        results.append(key in labels and (not sep or labels[key] == value))
+    return (any(results) if any_ else all(results)) if results else True
 
 
 @dataclass(slots=True)
@@ -503,8 +522,3 @@ class ImageStore:
                 with contextlib.suppress(OSError):
                     total += entry.stat(follow_symlinks=False).st_size
         return total
-
-
-def copy_file_blocking(src: Path, dst: IO[bytes]) -> None:
-    with open(src, "rb") as f:
-        shutil.copyfileobj(f, dst, layers.CHUNK)
