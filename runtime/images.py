@@ -22,7 +22,7 @@ from typing import IO, Any
 
 from runtime import imagedelete, imagefiles, reference
 from runtime.config import DaemonConfig
-from runtime.errors import AmbiguousRef, InvalidParameter, NoSuchImage, NotFound
+from runtime.errors import AmbiguousRef, InvalidParameter, NoSuchImage, NotFound, SystemError_
 from runtime.events import EventBus
 from runtime.imagestore import ImageRecord, ImageStore, LayerRecord, labels_match, now_rfc3339, unix_time
 
@@ -203,7 +203,15 @@ class ImageService:
         """A layer from an uncompressed stream that no other job can share (import, commit)."""
         self.creating += 1
         try:
-            return await asyncio.to_thread(self.store.create_layer_blocking, parent, opener, blob=None)
+            for _ in range(3):
+                record = await asyncio.to_thread(self.store.create_layer_blocking, parent, opener, blob=None)
+                if record.fresh or record.chain_id in self.store.layers:
+                    return record
+                # The same layer exists but is being deleted (a prune took it as unused):
+                # wait for the deletion, then make it again.
+                async with self.meta_lock:
+                    pass
+            raise SystemError_(f"layer {record.chain_id} kept disappearing while it was being made")
         finally:
             self.creating -= 1
 

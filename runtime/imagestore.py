@@ -99,6 +99,7 @@ class LayerRecord:
     blob_size: int
     tar_size: int  # length of the uncompressed tar (the diff ID's preimage)
     compressed: dict[str, int] = field(default_factory=dict)  # known gzip blobs: digest -> size
+    fresh: bool = field(default=False, compare=False)  # landed by this call (not persisted)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -377,6 +378,7 @@ class ImageStore:
             self._ensure_link(chain_id)
             os.rename(tmp, final)
             store.fsync_dir(self.layers_dir)
+            record.fresh = True
             return record
         except BaseException:
             if tee is not None:
