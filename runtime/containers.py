@@ -223,6 +223,10 @@ class ContainerService:
         hc = adapt_host_config(
             hc, cgroup_v2=self.host_facts.cgroup_v2, default_runtime=self.config.default_runtime
         )
+        if not hc.LogConfig.Type:
+            hc.LogConfig.Type = self.config.log_driver  # inspect shows the driver in use (docker-py reads it)
+        if hc.LogConfig.Config is None:
+            hc.LogConfig.Config = {}
         runtime_name = hc.Runtime or self.config.default_runtime
         if self.config.runtime(runtime_name) is None:
             raise InvalidParameter(f"Unknown runtime specified {runtime_name}")

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, Protocol
@@ -62,6 +63,18 @@ class Launcher:
     def __init__(self, ctx: LaunchContext) -> None:
         self.ctx = ctx
         self.cgroup_layout = CgroupLayout.detect()
+        self._console_dir: Path | None = None
+
+    def console_socket_path(self, container: Container) -> Path:
+        """Where runc sends the pty master: short, since AF_UNIX paths have at most 107 bytes."""
+        if self._console_dir is None:
+            preferred = self.ctx.config.exec_root / "console"
+            if len(str(preferred)) + 22 < 100:
+                preferred.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self._console_dir = preferred
+            else:
+                self._console_dir = Path(tempfile.mkdtemp(prefix="pydock-console-"))
+        return self._console_dir / f"{container.cid[:16]}.sock"
 
     def runtime_dir(self, container: Container) -> Path:
         return self.ctx.config.bundles_dir / container.cid
@@ -97,7 +110,7 @@ class Launcher:
             spec_json = await asyncio.to_thread(self._write_bundle, container, rootfs, rdir, plan)
             del spec_json
             fds = stdio.prepare()
-            console = rdir / "console.sock" if container.config.Tty else None
+            console = self.console_socket_path(container) if container.config.Tty else None
             try:
                 master = await runtime.run(
                     container.cid,

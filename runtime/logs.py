@@ -162,18 +162,35 @@ class LogWriter:
             start += MAX_LINE
         del buf[:start]
         if out:
-            self._append(b"".join(out))
+            self._append_records(out)
 
     def flush_partial(self) -> None:
         """Write unterminated output as a final partial record (the stream ended)."""
         for stream, buf in self._partial.items():
             if buf:
-                self._append(encode_record(bytes(buf), stream, time.time_ns()))
+                self._append_records([encode_record(bytes(buf), stream, time.time_ns())])
                 buf.clear()
 
+    def _append_records(self, records: list[bytes]) -> None:
+        """Append whole records; with `max_size`, rotate between records, never inside one."""
+        if self.max_size is None:
+            self._append(b"".join(records))
+            return
+        group: list[bytes] = []
+        size = self._size
+        for record in records:
+            if size + len(record) > self.max_size and size > 0:
+                if group:
+                    self._append(b"".join(group))
+                    group = []
+                self._rotate()
+                size = 0
+            group.append(record)
+            size += len(record)
+        if group:
+            self._append(b"".join(group))
+
     def _append(self, blob: bytes) -> None:
-        if self.max_size is not None and self._size + len(blob) > self.max_size and self._size > 0:
-            self._rotate()
         view = memoryview(blob)
         while view:
             written = os.write(self._fd, view)

@@ -1,0 +1,87 @@
+"""Leak accounting: many container lifecycles leave the host and the daemon as they were."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.integration.daemon import Daemon
+
+CYCLES = 200
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    mounts: int
+    cgroups: int
+    exec_entries: int
+    container_dirs: int
+    fds: int
+    tasks: int
+    rss_kib: int
+
+
+def _cgroup_dirs(cids: set[str]) -> int:
+    count = 0
+    for root in Path("/sys/fs/cgroup").iterdir():
+        parent = root / "pydock"
+        if parent.is_dir():
+            count += sum(1 for entry in parent.iterdir() if entry.name in cids)
+    return count
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def snapshot(daemon: Daemon, api: httpx.Client, cids: set[str]) -> Snapshot:
+    mounts = sum(1 for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                 if str(daemon.root) in line.split()[4])  # fmt: skip
+    exec_entries = sum(len(files) + len(dirs) for _, dirs, files in os.walk(daemon.exec_root / "containers"))
+    info = api.get("/v1.41/info").json()
+    return Snapshot(
+        mounts=mounts,
+        cgroups=_cgroup_dirs(cids),
+        exec_entries=exec_entries,
+        container_dirs=len(list((daemon.data_root / "containers").iterdir())),
+        fds=len(os.listdir(f"/proc/{daemon.pid}/fd")),
+        tasks=int(info["NGoroutines"]),
+        rss_kib=_rss_kib(daemon.pid),
+    )
+
+
+def cycle(api: httpx.Client, cids: set[str], *, with_output: bool) -> None:
+    cmd = ["sh", "-c", "echo hello; sleep 30"] if with_output else ["sleep", "30"]
+    r = api.post("/v1.41/containers/create", json={"Image": "busybox", "Cmd": cmd})
+    assert r.status_code == 201, r.text
+    cid = r.json()["Id"]
+    cids.add(cid)
+    assert api.post(f"/v1.41/containers/{cid}/start").status_code == 204
+    assert api.post(f"/v1.41/containers/{cid}/stop", params={"t": 0}).status_code == 204
+    assert api.delete(f"/v1.41/containers/{cid}").status_code == 204
+
+
+def test_lifecycle_cycles_leak_nothing(daemon: Daemon) -> None:
+    cids: set[str] = set()
+    with daemon.http(timeout=60) as api:
+        for _ in range(3):  # warm-up: first-use caches, lazily created dirs
+            cycle(api, cids, with_output=True)
+        before = snapshot(daemon, api, cids)
+        for i in range(CYCLES):
+            cycle(api, cids, with_output=i % 2 == 0)
+        after = snapshot(daemon, api, cids)
+    print(f"\nleak accounting after {CYCLES} cycles: before={before} after={after}")
+    assert after.mounts == before.mounts
+    assert after.cgroups == before.cgroups == 0
+    assert after.exec_entries == before.exec_entries
+    assert after.container_dirs == before.container_dirs
+    assert after.fds <= before.fds
+    assert after.tasks <= before.tasks
+    # Python's allocator keeps some arenas: allow a little, not per-container growth.
+    assert after.rss_kib - before.rss_kib < 8 * 1024
