@@ -98,8 +98,8 @@ def test_run_it_with_a_pty(daemon: Daemon) -> None:
 
 
 def test_detached_lifecycle(daemon: Daemon, name: str) -> None:
-    cid = daemon.docker("run", "-d", "--name", name, "busybox", "sh", "-c",
-                        "trap 'exit 7' TERM; while true; do echo tick; sleep 0.1; done").stdout.strip().decode()  # fmt: skip
+    script = "trap 'exit 7' TERM; while true; do echo tick; sleep 0.1; done"
+    cid = daemon.docker("run", "-d", "--name", name, "busybox", "sh", "-c", script).stdout.strip().decode()
     assert len(cid) == 64
     ps = daemon.docker("ps", "--format", "{{.Names}} {{.Status}}").stdout.decode()
     assert f"{name} Up" in ps
