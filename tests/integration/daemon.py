@@ -46,8 +46,12 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float = 10.0, what: str = 
         delay = min(delay * 2, 0.1)
 
 
+def _run_text(argv: list[str]) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+
+
 def host_routes() -> list[ipaddress.IPv4Network]:
-    out = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, check=False).stdout
+    out = _run_text(["ip", "-4", "-o", "addr", "show"])
     nets = []
     for line in out.splitlines():
         words = line.split()
@@ -233,7 +237,7 @@ class Daemon:
             if mount_point.startswith(str(self.root)):
                 leftovers.append(f"mount {mount_point}")
                 subprocess.run(["umount", "-l", mount_point], capture_output=True, check=False)
-        links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=False).stdout
+        links = _run_text(["ip", "-o", "link", "show"])
         for line in links.splitlines():
             name = line.split(":")[1].strip().split("@")[0]
             if name == self.bridge or (f"master {self.bridge} " in line):
