@@ -239,6 +239,9 @@ def test_pull_multilayer_and_manifest_list(fresh_daemon: Daemon, registry: Regis
     )
     assert other_id != image_id
     ref = f"{registry.host}/proto-multi:multi"
+    dist = d.json("GET", f"/v1.41/distribution/{ref}/json")
+    assert dist["Descriptor"]["digest"] == list_digest
+    assert {p["architecture"] for p in dist["Platforms"]} == {"amd64", "arm64"}
     pulled = out(d.docker("pull", ref))
     assert pulled.count("Pull complete") == 3 and f"Digest: {list_digest}" in pulled
     info = json.loads(out(d.docker("image", "inspect", ref)))[0]
