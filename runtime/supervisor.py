@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime import exitstatus
 from runtime.errors import (
     Conflict,
     NotModified,
@@ -106,12 +107,6 @@ class Call(_Msg):
     """Run a function inside the supervisor's turn (rename, update, ...)."""
 
     fn: Callable[[], Any]
-
-
-def exit_code_of(si_code: int, si_status: int) -> int:
-    if si_code == os.CLD_EXITED:
-        return si_status
-    return 128 + si_status
 
 
 def start_failure_exit_code(message: str) -> int:
@@ -333,14 +328,11 @@ class Supervisor:
         state = c.state
         code, how = 255, "lost"
         if pidfd >= 0:
-            try:
-                result = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)  # noqa: ASYNC222 - WNOHANG
-            except ChildProcessError:
-                result = None  # not our child (re-adopted after a daemon restart)
-            if result is not None:
-                code, how = exit_code_of(result.si_code, result.si_status), "reaped"
-            elif self._stopping_signal is not None:
-                code, how = 128 + self._stopping_signal, "signalled"
+            learned = exitstatus.collect(pidfd, state.pid)
+            if learned is not None:
+                code, how = learned
+            elif self._stopping_signal == signal.SIGKILL:
+                code, how = 137, "signalled"  # SIGKILL cannot be caught: this is its status
             os.close(pidfd)
         self._pidfd = None
         if self._kill_timer is not None:
