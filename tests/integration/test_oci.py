@@ -27,9 +27,10 @@ from app.models.hostconfig import HostConfig
 from runtime.caps import capability_mask, names_from_mask
 from runtime.cgroups import CgroupLayout, CgroupMode, CgroupReader, container_cgroup_path, remove_cgroup
 from runtime.config import RuntimeSpec
+from runtime.console import receive_console_master
 from runtime.errors import OciRuntimeError
 from runtime.hostfacts import HostFacts
-from runtime.oci import RuncRuntime, Stdio, receive_console_master, runtime_usable
+from runtime.oci import RuncRuntime, Stdio, runtime_usable
 from runtime.ocispec import Memory, Pids, Process, Resources
 from runtime.spec import SpecInputs, build_spec, merge_image_config
 from runtime.userdb import resolve_user

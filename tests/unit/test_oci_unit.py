@@ -13,8 +13,9 @@ import pytest
 
 from runtime.cgroups import CgroupLayout, CgroupMode
 from runtime.config import RuntimeSpec
+from runtime.console import ConsoleSocket, receive_console_master
 from runtime.errors import OciContainerNotFound, OciRuntimeError
-from runtime.oci import ConsoleSocket, RuncRuntime, Stdio, last_error, receive_console_master, runtime_usable
+from runtime.oci import RuncRuntime, Stdio, last_error, runtime_usable
 from runtime.ocispec import Pids, Process, Resources
 
 # A stand-in for runc: records its argv and stdin, writes JSON log lines like runc, and behaves
