@@ -23,7 +23,7 @@ def generate() -> dict[str, Any]:
     _docker_errors(spec)
     spec["info"]["description"] = (
         "The Docker Engine API subset pydock serves. Every path is also served with a `/v{major}.{minor}` "
-        "prefix (1.24 up to the advertised version). Errors are `{\"message\": ...}`. Attach and exec "
+        'prefix (1.24 up to the advertised version). Errors are `{"message": ...}`. Attach and exec '
         "start upgrade the connection (`Connection: Upgrade`, `Upgrade: tcp` → `101 UPGRADED`)."
     )
     return spec

@@ -6,8 +6,8 @@ import json
 import os
 import socket
 import stat
-import sys
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,23 +83,77 @@ def _free_port() -> int:
 
 def _make_pki(root: Path) -> dict[str, Path]:
     """A CA, a server cert for 127.0.0.1 and a client cert, with openssl."""
+
     def run(*args: str) -> None:
         subprocess.run(["openssl", *args], cwd=root, check=True, capture_output=True)
 
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca-key.pem", "-out", "ca.pem",
-        "-days", "2", "-subj", "/CN=pydock-test-ca")
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=pydock-test-ca",
+    )
     (root / "server.ext").write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
     (root / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
     for who in ("server", "client"):
-        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{who}-key.pem", "-out", f"{who}.csr",
-            "-subj", f"/CN={who}")
-        run("x509", "-req", "-in", f"{who}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem", "-CAcreateserial",
-            "-out", f"{who}.pem", "-days", "2", "-extfile", f"{who}.ext")
+        run(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{who}-key.pem",
+            "-out",
+            f"{who}.csr",
+            "-subj",
+            f"/CN={who}",
+        )
+        run(
+            "x509",
+            "-req",
+            "-in",
+            f"{who}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-out",
+            f"{who}.pem",
+            "-days",
+            "2",
+            "-extfile",
+            f"{who}.ext",
+        )
     # a client cert from a CA the daemon does not trust
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "rogue-key.pem", "-out", "rogue.pem",
-        "-days", "2", "-subj", "/CN=rogue")
-    return {name: root / f"{name}.pem" for name in ("ca", "server", "server-key", "client", "client-key",
-                                                    "rogue", "rogue-key")}
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "rogue-key.pem",
+        "-out",
+        "rogue.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=rogue",
+    )
+    return {
+        name: root / f"{name}.pem"
+        for name in ("ca", "server", "server-key", "client", "client-key", "rogue", "rogue-key")
+    }
 
 
 def test_mutual_tls(tmp_root: Path) -> None:
@@ -121,7 +175,11 @@ def test_mutual_tls(tmp_root: Path) -> None:
         (tmp_root / "empty").mkdir()
         no_cert = subprocess.run(
             ["docker", "-H", f"tcp://127.0.0.1:{port}", "--tls", "--tlscacert", str(pki["ca"]), "version"],
-            capture_output=True, text=True, env=env, timeout=60, check=False,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
         )
         assert no_cert.returncode != 0
         rogue = subprocess.run([*base, "--tlscert", str(pki["rogue"]), "--tlskey", str(pki["rogue-key"]),
@@ -153,6 +211,7 @@ def test_fd_socket_activation(tmp_root: Path) -> None:
         proc = subprocess.Popen(wrapper, pass_fds=(fd,), stdout=subprocess.DEVNULL, stderr=log)
     listener.close()
     try:
+
         def ping() -> bool:
             r = subprocess.run(["curl", "-s", "--unix-socket", str(path), "http://x/_ping"],
                                capture_output=True, text=True, check=False)  # fmt: skip
