@@ -47,7 +47,14 @@ class Stdio:
 
 
 class OciRuntime(Protocol):
-    """What the supervisor needs from an OCI runtime."""
+    """What the supervisor needs from an OCI runtime.
+
+    Every method raises `OciRuntimeError` with the runtime's own last error line when the
+    runtime fails (`OciContainerNotFound` when it does not know the container), and
+    `TimeoutError` after `timeout_s`. Cancelling a call terminates the runtime process
+    (SIGTERM, then SIGKILL) and reaps it before the CancelledError propagates; a container the
+    runtime had half-made stays for the caller's `delete(force=True)`.
+    """
 
     name: str
 

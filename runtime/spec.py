@@ -66,7 +66,9 @@ class SpecInputs:
     netns: str | None = None  # NETNS_HOST, a netns path to join, or None for a new empty one
     pid_ns_path: str | None = None  # PidMode container:<id> → /proc/<pid>/ns/pid of that one
     ipc_ns_path: str | None = None  # IpcMode container:<id>
-    shm_path: Path | None = None  # a host dir bound at /dev/shm (IpcMode shareable/container:)
+    # A host dir bound at /dev/shm: pass it for IpcMode "shareable" (so others can join) and
+    # "container:<id>" (the other's); otherwise /dev/shm is a private tmpfs of ShmSize.
+    shm_path: Path | None = None
     binds: tuple[BindMount, ...] = ()
     devices: tuple[DeviceNode, ...] = ()  # --device, from devices.lookup_devices
     host_devices: tuple[DeviceNode, ...] = ()  # --privileged, from devices.host_devices

@@ -23,11 +23,12 @@ from pathlib import Path
 import pytest
 
 from app.models.containers import ContainerCreateRequest
-from app.models.hostconfig import HostConfig
+from app.models.hostconfig import DeviceMapping, HostConfig
 from runtime.caps import capability_mask, names_from_mask
 from runtime.cgroups import CgroupLayout, CgroupMode, CgroupReader, container_cgroup_path, remove_cgroup
 from runtime.config import RuntimeSpec
 from runtime.console import receive_console_master
+from runtime.devices import lookup_devices
 from runtime.errors import OciRuntimeError
 from runtime.hostfacts import HostFacts
 from runtime.oci import RuncRuntime, Stdio, runtime_usable
@@ -429,6 +430,21 @@ async def test_readonly_rootfs_with_tmpfs(h: Harness) -> None:
         {"Cmd": ["sh", "-c", script], "HostConfig": {"ReadonlyRootfs": True, "Tmpfs": {"/tmp": ""}}}
     )
     assert res.stdout.splitlines()[:3] == ["rootfs-ro", "tmp-rw", "127.0.0.1\tlocalhost"], res
+
+
+async def test_device_mapping_and_device_cgroup(h: Harness) -> None:
+    mapping = DeviceMapping(PathOnHost="/dev/null", PathInContainer="/dev/xnull", CgroupPermissions="rw")
+    devices = tuple(lookup_devices([mapping]))
+    script = (
+        "echo hi > /dev/xnull && echo wrote; ls -l /dev/xnull;"
+        " mknod /dev/mem2 c 1 1; cat /dev/mem2 || echo mem-denied"  # /dev/mem: not in the allow list
+    )
+    res = await h.run(
+        {"Cmd": ["sh", "-c", script], "HostConfig": {"Devices": [mapping.model_dump()]}}, devices=devices
+    )
+    lines = res.stdout.splitlines()
+    assert lines[0] == "wrote" and lines[1].startswith("crw") and "1,   3" in lines[1], res
+    assert lines[2] == "mem-denied" and "Operation not permitted" in res.stderr, res
 
 
 @pytest.mark.skipif(not TINI.exists(), reason="tini-static is not installed")
