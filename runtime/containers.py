@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
@@ -40,11 +41,14 @@ from runtime.netattach import BasicNetwork, NetworkHooks, joined_netns
 from runtime.oci import OciRuntime, RuncRuntime
 from runtime.prune import container_prune_filter
 from runtime.records import Container, ContainerCounts, ContainerState, Status, now_rfc3339
+from runtime.rootfs import unmount
 from runtime.spec import entrypoint_and_args, merge_image_config
 from runtime.supervisor import Kill, Pause, Remove, Start, Stop, Supervisor, Unpause
 from runtime.validation import CreateLimits, adapt_host_config, check_create
 
 log = logging.getLogger("pydock.containers")
+
+KILL_WAIT_S = 10.0  # `docker kill` (SIGKILL) answers once the container is gone, as dockerd does
 
 
 class ContainerService:
@@ -100,6 +104,10 @@ class ContainerService:
     async def open(self) -> None:
         """Load every container record; re-adopt running ones, restart those whose policy says so."""
         records = await asyncio.to_thread(self._load_records)
+        # Networking re-registers the live ones (ports, proxies, DNS) before anything starts.
+        await self.network.restore(
+            [c for c in records if c.state.running and _alive(c.state.pid, c.state.pid_start_time)]
+        )
         for container in records:
             sup = Supervisor(container, self.launcher)
             self._supervisors[container.cid] = sup
@@ -107,6 +115,7 @@ class ContainerService:
             sup.spawn()
         for sup in list(self._supervisors.values()):
             await self._reconcile(sup)
+        await self._sweep_orphans()
 
     def _load_records(self) -> list[Container]:
         out: list[Container] = []
@@ -128,13 +137,19 @@ class ContainerService:
             log.info("re-adopted running container", extra={"container": c.short_id, "pid": state.pid})
             return
         if state.status in (Status.RUNNING, Status.PAUSED, Status.RESTARTING):
-            # It died while the daemon was away: its exit status is lost.
+            # It died while the daemon was away: its exit status is lost (documented fallback: 255).
+            if state.status != Status.RESTARTING:
+                state.exit_code = 255
+                state.error = "the container exited while pydockd was not running; its exit status is lost"
             state.status = Status.EXITED
             state.pid = 0
-            state.exit_code = 255 if state.status != Status.RESTARTING else state.exit_code
             state.finished_at = now_rfc3339()
             await self.launcher.teardown(c)
             await sup.persist_state()
+        elif self.launcher.runtime_dir(c).exists():
+            # A start interrupted by a crash (runtime state, mounts, netns but no record of running):
+            # undo it, the client never got its 204.
+            await self.launcher.teardown(c)
         if state.status == Status.REMOVING:
             with contextlib.suppress(PydockError):
                 await sup.request(Remove(force=True, volumes=False))
@@ -145,6 +160,23 @@ class ContainerService:
                 await sup.request(Start())
             except PydockError as exc:
                 log.warning("restart at daemon start failed: %s", exc, extra={"container": c.short_id})
+
+    async def _sweep_orphans(self) -> None:
+        """Runtime dirs and OCI runtime state of containers that have no record (a create or rm
+        interrupted by a crash): delete the runtime's container and unmount what is left."""
+        known = set(self._supervisors)
+        dirs = [self.config.bundles_dir, self.config.runtime_root]
+        orphans: set[str] = set()
+        for base in dirs:
+            if base.is_dir():
+                orphans.update(p.name for p in base.iterdir() if ids.is_full_id(p.name))
+        orphans -= known
+        for cid in sorted(orphans):
+            log.warning("cleaning up orphaned container runtime state", extra={"container": cid[:12]})
+            for runtime in {s.name for s in self.config.runtimes if s.resolved() is not None}:
+                with contextlib.suppress(PydockError, OSError):
+                    await self.runtime_for(runtime).delete(cid, force=True)
+            await asyncio.to_thread(_remove_runtime_leftovers, self.config.bundles_dir / cid)
 
     async def shutdown(self, *, live_restore: bool) -> None:
         """Daemon shutdown: stop running containers (unless live restore), end supervisors."""
@@ -257,6 +289,7 @@ class ContainerService:
             runtime=runtime_name,
             state=ContainerState(),
         )
+        self.network.validate(container)  # unknown network: 404 before anything is written
         self._names[name] = cid
         try:
             await asyncio.to_thread(self._write_new, container)
@@ -309,7 +342,11 @@ class ContainerService:
         sup.event("restart")
 
     async def kill(self, ref: str, signal: str | None = None) -> None:
-        await self.get(ref).request(Kill(signal=signal, ref=ref))
+        waiter = await self.get(ref).request(Kill(signal=signal, ref=ref))
+        if waiter is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(KILL_WAIT_S):
+                    await asyncio.shield(waiter)
 
     async def pause(self, ref: str) -> None:
         await self.get(ref).request(Pause())
@@ -449,6 +486,12 @@ def _alive(pid: int, start_time: int) -> bool:
     if fields[0] == "Z":
         return False
     return start_time == 0 or int(fields[19]) == start_time
+
+
+def _remove_runtime_leftovers(rdir: Path) -> None:
+    with contextlib.suppress(OSError):
+        unmount(rdir / "rootfs")
+    shutil.rmtree(rdir, ignore_errors=True)
 
 
 def _du(path: Path) -> int:

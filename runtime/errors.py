@@ -193,3 +193,41 @@ class ExternalConnectivityFailed(SystemError_):
             "failed to set up container networking: driver failed programming external "
             f"connectivity on endpoint {endpoint} ({endpoint_id}): {detail}"
         )
+
+
+# --- networks (runtime/networks.py) --------------------------------------------------------------
+
+
+class NetworkNameInUse(Conflict):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"network with name {name} already exists")
+
+
+class PredefinedNetwork(Forbidden):
+    def __init__(self, name: str, action: str) -> None:
+        super().__init__(f"{name} is a pre-defined network and cannot be {action}")
+
+
+class NetworkHasActiveEndpoints(Forbidden):
+    def __init__(self, name: str, nid: str) -> None:
+        super().__init__(f"error while removing network: network {name} id {nid} has active endpoints")
+
+
+class EndpointExists(Forbidden):
+    def __init__(self, container_name: str, network: str) -> None:
+        super().__init__(f"endpoint with name {container_name} already exists in network {network}")
+
+
+class NotConnected(SystemError_):
+    def __init__(self, cid: str, network: str) -> None:
+        super().__init__(f"container {cid} is not connected to network {network}")
+
+
+class UserIpNotAllowed(InvalidParameter):
+    def __init__(self, *, default_bridge: bool) -> None:
+        super().__init__(
+            "user specified IP address is supported on user defined networks only"
+            if default_bridge
+            else "user specified IP address is supported only when connecting to networks with user "
+            "configured subnets"
+        )

@@ -157,7 +157,8 @@ class Launcher:
         fqdn = c.config.Hostname + (f".{c.config.Domainname}" if c.config.Domainname else "")
         rootfs_mod.write_file(hostname_path, c.config.Hostname + "\n")
         rootfs_mod.write_file(
-            hosts_path, rootfs_mod.hosts_content(plan.hosts_entries(fqdn), hc.ExtraHosts or [])
+            hosts_path,
+            rootfs_mod.hosts_content(plan.hosts_entries(fqdn), plan.extra_hosts(hc.ExtraHosts or [])),
         )
         rootfs_mod.write_file(resolv_path, plan.resolv_conf(hc.Dns, hc.DnsSearch, hc.DnsOptions, cfg))
         user = resolve_user(rootfs.target, c.config.User, hc.GroupAdd or [])

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from runtime import rootfs as rootfs_mod
 from runtime.config import DaemonConfig
-from runtime.errors import Conflict, InvalidParameter
+from runtime.errors import Conflict, InvalidParameter, NoSuchNetwork
 from runtime.records import Container
 
 
@@ -29,6 +29,19 @@ class NetworkPlan:
     aliases: list[str] = field(default_factory=list)
     use_embedded_dns: bool = False
     hosts_file_from: str | None = None  # container:<id> shares that container's files
+    host_gateway: str = ""  # what `--add-host name:host-gateway` resolves to
+
+    def extra_hosts(self, items: Sequence[str]) -> list[str]:
+        """`--add-host` entries with `host-gateway` replaced by the host's gateway address."""
+        out: list[str] = []
+        for item in items:
+            name, sep, address = item.partition(":")
+            if sep and address == "host-gateway":
+                if not self.host_gateway:
+                    continue
+                item = f"{name}:{self.host_gateway}"
+            out.append(item)
+        return out
 
     def hosts_entries(self, fqdn: str) -> list[tuple[str, str]]:
         hostname = fqdn.split(".", 1)[0]
@@ -58,6 +71,15 @@ class NetworkPlan:
 
 
 class NetworkHooks(Protocol):
+    def validate(self, container: Container) -> None:
+        """At create, before the record is written: refuse unknown networks (404) and bad
+        endpoint settings (400); may fill `container.network_settings` for inspect."""
+        ...
+
+    async def restore(self, containers: list[Container]) -> None:
+        """At daemon start, before any container starts: the containers that kept running."""
+        ...
+
     async def prepare(self, container: Container) -> NetworkPlan: ...
 
     async def activate(self, container: Container, pid: int, plan: NetworkPlan) -> None: ...
@@ -78,6 +100,14 @@ class BasicNetwork:
     def __init__(self, netns_of: Callable[[str], str]) -> None:
         # netns_of(ref) → "/proc/<pid>/ns/net" of a running container, or raises.
         self._netns_of = netns_of
+
+    def validate(self, container: Container) -> None:
+        mode = network_mode(container)
+        if mode not in ("none", "host", "bridge") and not mode.startswith("container:"):
+            raise NoSuchNetwork(mode)
+
+    async def restore(self, containers: list[Container]) -> None:
+        return None
 
     async def prepare(self, container: Container) -> NetworkPlan:
         mode = network_mode(container)

@@ -478,7 +478,8 @@ class Supervisor:
             self._event("kill", signal=str(int(signal.SIGKILL)))
             self._signal(signal.SIGKILL)
 
-    def _kill(self, sig: str | None, ref: str) -> None:
+    def _kill(self, sig: str | None, ref: str) -> asyncio.Future[None] | None:
+        """Send a signal; for SIGKILL return a future of the exit (dockerd's kill waits for it)."""
         c = self.container
         if not c.state.running:
             raise Conflict(f"Cannot kill container: {ref}: Container {c.cid} is not running")
@@ -488,10 +489,15 @@ class Supervisor:
             # dockerd treats these as a manual stop: the restart policy does not bring it back.
             c.state.manually_stopped = True
             self._stopping_signal = signum
+        waiter: asyncio.Future[None] | None = None
+        if signum == signal.SIGKILL:
+            waiter = asyncio.get_running_loop().create_future()
+            self._stop_waiters.append(waiter)
         self._event("kill", signal=str(signum))
         self._signal(signum)
         if c.state.status == Status.PAUSED and signum == signal.SIGKILL:
             self.ctx.spawn(self.launcher.resume(c))
+        return waiter
 
     # --- pause ----------------------------------------------------------------------------------
 

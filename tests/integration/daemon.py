@@ -84,6 +84,7 @@ class Daemon:
     run_id: str = field(default_factory=lambda: secrets.token_hex(3))
     proc: subprocess.Popen[bytes] | None = None
     subnet: ipaddress.IPv4Network = field(default_factory=free_subnet)
+    env_extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def sock(self) -> Path:
@@ -130,7 +131,8 @@ class Daemon:
     def start(self, timeout_s: float = 30.0) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen(self.args(), stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        env = {**os.environ, **self.env_extra}
+        self.proc = subprocess.Popen(self.args(), stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env)
         log.close()
 
         def ready() -> bool:
@@ -281,9 +283,11 @@ def _remove_chains(table: str, prefix: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def running_daemon(*extra_args: str, root: Path | None = None) -> Iterator[Daemon]:
+def running_daemon(
+    *extra_args: str, root: Path | None = None, env: dict[str, str] | None = None
+) -> Iterator[Daemon]:
     base = root or Path(tempfile.mkdtemp(prefix="pdt-", dir="/tmp"))
-    daemon = Daemon(base, list(extra_args))
+    daemon = Daemon(base, list(extra_args), env_extra=dict(env or {}))
     try:
         daemon.start()
         yield daemon

@@ -1,0 +1,251 @@
+"""Reliability: daemon restarts keep containers, crashes mid-operation leave consistent state,
+concurrency, and `pydockctl`."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.integration.daemon import Daemon, running_daemon, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+FAILPOINT = REPO / "tests" / "failpoint" / "runtime"
+LOGGER = "i=0; while true; do echo line-$i; i=$((i+1)); sleep 0.01; done"
+
+
+def uniq(prefix: str = "r") -> str:
+    return f"{prefix}-{secrets.token_hex(4)}"
+
+
+@pytest.fixture
+def loaded(fresh_daemon: Daemon, busybox_tar: Path) -> Daemon:
+    fresh_daemon.docker("load", "-q", "-i", str(busybox_tar))
+    return fresh_daemon
+
+
+def state(d: Daemon, ref: str) -> dict:  # type: ignore[type-arg]
+    return json.loads(d.docker("inspect", "--format", "{{json .State}}", ref).stdout)  # type: ignore[no-any-return]
+
+
+def log_numbers(d: Daemon, ref: str) -> list[int]:
+    return [int(line.split("-")[1]) for line in d.docker("logs", ref).stdout.decode().split()]
+
+
+def assert_contiguous(numbers: list[int]) -> None:
+    assert numbers, "no log lines"
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), "a log line was lost or duplicated"
+    assert numbers[0] == 0
+
+
+def test_sigkill_keeps_containers_and_their_output(loaded: Daemon) -> None:
+    d = loaded
+    names = [uniq() for _ in range(20)]
+    for i, n in enumerate(names):
+        cmd = LOGGER if i % 2 == 0 else "trap 'exit 3' TERM; while true; do sleep 0.05; done"
+        d.docker("run", "-d", "--name", n, "busybox", "sh", "-c", cmd)
+    time.sleep(0.3)
+    d.kill()
+    time.sleep(3)
+    d.start()
+    running = set(d.docker("ps", "--format", "{{.Names}}").stdout.decode().split())
+    assert set(names) <= running
+    time.sleep(0.3)
+    for n in names[::2]:
+        numbers = log_numbers(d, n)
+        assert_contiguous(numbers)
+        assert len(numbers) > 300  # kept logging (into the pipe) while the daemon was away
+    # stop works and the exit codes are the real ones
+    d.docker("stop", "-t", "5", *names[1::2])
+    for n in names[1::2]:
+        assert state(d, n)["ExitCode"] == 3
+    d.docker("kill", names[0])
+    assert state(d, names[0])["ExitCode"] == 137
+    d.docker("rm", "-f", *names)
+
+
+def test_sigterm_without_live_restore_stops_gracefully(loaded: Daemon) -> None:
+    d = loaded
+    n = uniq()
+    d.docker(
+        "run", "-d", "--name", n, "busybox", "sh", "-c", "trap 'exit 5' TERM; while true; do sleep 0.05; done"
+    )
+    assert d.stop(signal.SIGTERM) == 0
+    d.start()
+    s = state(d, n)
+    assert s["Status"] == "exited"
+    assert s["ExitCode"] == 5
+    d.docker("rm", n)
+
+
+def test_sigterm_with_live_restore_keeps_running(tmp_root: Path, busybox_tar: Path) -> None:
+    with running_daemon("--live-restore", root=tmp_root / "d") as d:
+        d.docker("load", "-q", "-i", str(busybox_tar))
+        n = uniq()
+        d.docker("run", "-d", "--name", n, "busybox", "sh", "-c", LOGGER)
+        pid = state(d, n)["Pid"]
+        assert d.stop(signal.SIGTERM) == 0
+        assert Path(f"/proc/{pid}").exists()
+        time.sleep(0.5)
+        d.start()
+        assert state(d, n)["Running"] is True
+        assert state(d, n)["Pid"] == pid
+        assert_contiguous(log_numbers(d, n))
+        d.docker("rm", "-f", n)
+
+
+def test_restart_policy_applies_to_containers_that_died_while_away(loaded: Daemon) -> None:
+    d = loaded
+    n = uniq()
+    d.docker("run", "-d", "--name", n, "--restart", "always", "busybox", "sleep", "300")
+    pid = state(d, n)["Pid"]
+    d.kill()
+    os.kill(pid, signal.SIGKILL)
+    d.start()
+    wait_for(lambda: state(d, n)["Running"], 15, "the always-container to come back")
+    assert state(d, n)["Pid"] != pid
+    d.docker("rm", "-f", n)
+
+
+@pytest.fixture
+def failpoint_daemon(tmp_root: Path, busybox_tar: Path) -> Iterator[tuple[Daemon, Path]]:
+    control = tmp_root / "failpoint"
+    with running_daemon(
+        "--add-runtime", f"failpoint={FAILPOINT}", "--default-runtime", "failpoint",
+        root=tmp_root / "d", env={"PYDOCK_FAILPOINT_FILE": str(control)},
+    ) as d:  # fmt: skip
+        d.docker("load", "-q", "-i", str(busybox_tar))
+        yield d, control
+
+
+def _owned_leftovers(d: Daemon) -> tuple[int, int]:
+    mounts = sum(1 for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                 if str(d.exec_root) in line.split()[4])  # fmt: skip
+    runtime_root = d.exec_root / "runtime"
+    states = len(list(runtime_root.iterdir())) if runtime_root.is_dir() else 0
+    return mounts, states
+
+
+@pytest.mark.parametrize("step", ["create", "start"])
+def test_sigkill_during_start_is_cleaned_up(failpoint_daemon: tuple[Daemon, Path], step: str) -> None:
+    d, control = failpoint_daemon
+    n = uniq()
+    d.docker("create", "--name", n, "busybox", "sleep", "300")
+    control.write_text(f"{step} kill-daemon\n")
+    r = d.docker("start", n, check=False)
+    assert r.returncode != 0  # the daemon died under the request
+    wait_for(lambda: d.proc is not None and d.proc.poll() is not None, 10, "the daemon to die")
+    d.proc = None
+    d.start()
+    s = state(d, n)
+    assert s["Status"] in ("created", "exited")
+    assert s["Running"] is False
+    assert _owned_leftovers(d) == (0, 0)
+    d.docker("start", n)  # and it starts normally now
+    assert state(d, n)["Running"] is True
+    d.docker("rm", "-f", n)
+    assert _owned_leftovers(d) == (0, 0)
+
+
+def test_runtime_failure_is_clear_and_leaves_nothing(failpoint_daemon: tuple[Daemon, Path]) -> None:
+    d, control = failpoint_daemon
+    control.write_text("create fail\n")
+    r = d.docker("run", "--rm", "busybox", "true", check=False)
+    assert r.returncode == 125
+    assert b"failpoint: injected create failure" in r.stderr
+    assert _owned_leftovers(d) == (0, 0)
+    control.unlink()
+    assert d.docker("run", "--rm", "busybox", "echo", "ok").stdout == b"ok\n"
+
+
+def test_sigkill_during_create_and_rm(loaded: Daemon) -> None:
+    """Crash while many creates and removals are in flight: the restarted daemon lists a consistent set."""
+    d = loaded
+    names = [uniq() for _ in range(10)]
+    for n in names[:5]:
+        d.docker("create", "--name", n, "busybox", "true")
+
+    def create(n: str) -> None:
+        d.docker("create", "--name", n, "busybox", "true", check=False)
+
+    def remove(n: str) -> None:
+        d.docker("rm", n, check=False)
+
+    with ThreadPoolExecutor(10) as pool:
+        futures = [pool.submit(create, n) for n in names[5:]] + [pool.submit(remove, n) for n in names[:5]]
+        time.sleep(0.05)
+        d.kill()
+        for f in futures:
+            f.result()
+    d.start()
+    listed = json.loads(d.request("GET", "/v1.41/containers/json", params={"all": 1}).text)
+    for item in listed:
+        # every listed container is whole: inspect works, its files are there
+        body = json.loads(d.docker("inspect", item["Id"]).stdout)[0]
+        assert body["Name"] == item["Names"][0]
+    leftovers = [p.name for p in (d.data_root / "containers").iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+    for item in listed:
+        d.docker("rm", "-f", item["Id"])
+
+
+def test_concurrent_runs_removes_and_name_races(loaded: Daemon) -> None:
+    d = loaded
+    names = [uniq("cc") for _ in range(50)]
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda n: d.docker("run", "-d", "--name", n, "busybox", "sleep", "60",
+                                                   check=False), names))  # fmt: skip
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results if r.returncode]
+    running = set(d.docker("ps", "--format", "{{.Names}}").stdout.decode().split())
+    assert set(names) <= running
+    # 20 racers for one name: exactly one wins, the others get the 409 text
+    racer = uniq("race")
+    with ThreadPoolExecutor(20) as pool:
+        outcomes = list(pool.map(lambda _: d.docker("create", "--name", racer, "busybox", "true", check=False),
+                                 range(20)))  # fmt: skip
+    assert sum(r.returncode == 0 for r in outcomes) == 1
+    assert all(b"is already in use by container" in r.stderr for r in outcomes if r.returncode)
+    with ThreadPoolExecutor(16) as pool:
+        removed = list(pool.map(lambda n: d.docker("rm", "-f", n, check=False), [*names, racer]))
+    assert all(r.returncode == 0 for r in removed)
+    assert d.docker("ps", "-aq").stdout == b""
+
+
+def test_pydockctl(loaded: Daemon, tmp_root: Path) -> None:
+    d = loaded
+    n = uniq()
+    cid = d.docker("run", "-d", "--name", n, "busybox", "sleep", "60").stdout.decode().strip()
+    base = [str(REPO / ".venv" / "bin" / "pydockctl"), "--data-root", str(d.data_root),
+            "--exec-root", str(d.exec_root), "--iptables-chain-prefix", d.chain_prefix]  # fmt: skip
+
+    def ctl(*args: str) -> str:
+        return subprocess.run([*base, *args], capture_output=True, text=True, check=True, timeout=30).stdout
+
+    ps = ctl("ps")
+    assert cid[:12] in ps and "running" in ps and "yes" in ps
+    report = json.loads(ctl("inspect", n))
+    assert report["init"]["alive"] is True
+    assert report["runtime_state"]["status"] == "running"
+    assert report["bundle_files"] and "config.json" in report["bundle_files"]
+    assert any(m["type"] == "overlay" for m in report["mounts"])
+    assert "overlay" in ctl("mounts")
+    d.docker("rm", "-f", n)
+    # a raw bundle through the runtime
+    bundle = tmp_root / "bundle"
+    (bundle / "rootfs" / "bin").mkdir(parents=True)
+    subprocess.run(["cp", "/bin/busybox", str(bundle / "rootfs" / "bin" / "busybox")], check=True)
+    subprocess.run(["runc", "spec"], cwd=bundle, check=True)
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["process"]["terminal"] = False
+    spec["process"]["args"] = ["/bin/busybox", "echo", "raw-bundle-ok"]
+    (bundle / "config.json").write_text(json.dumps(spec))
+    out = subprocess.run([*base, "run", str(bundle)], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "raw-bundle-ok"
