@@ -208,9 +208,12 @@ def test_concurrent_runs_removes_and_name_races(loaded: Daemon) -> None:
     assert set(names) <= running
     # 20 racers for one name: exactly one wins, the others get the 409 text
     racer = uniq("race")
+
+    def create_racer(_: int) -> subprocess.CompletedProcess[bytes]:
+        return d.docker("create", "--name", racer, "busybox", "true", check=False)
+
     with ThreadPoolExecutor(20) as pool:
-        outcomes = list(pool.map(lambda _: d.docker("create", "--name", racer, "busybox", "true", check=False),
-                                 range(20)))  # fmt: skip
+        outcomes = list(pool.map(create_racer, range(20)))
     assert sum(r.returncode == 0 for r in outcomes) == 1
     assert all(b"is already in use by container" in r.stderr for r in outcomes if r.returncode)
     with ThreadPoolExecutor(16) as pool:
