@@ -14,12 +14,13 @@ import time
 import uuid
 from pathlib import Path
 
-from runtime import store
+from runtime import procs, store
 from runtime.config import DaemonConfig
 from runtime.containers import ContainerService
 from runtime.events import EventBus
 from runtime.hostfacts import HostFacts
 from runtime.images import ImageService
+from runtime.networks import NetworkService
 from runtime.records import ContainerCounts
 from runtime.sysinfo import HostInfo
 
@@ -31,17 +32,10 @@ VERSION = "0.1.0"
 async def _tool_version(argv: list[str], marker: str) -> str | None:
     """First version-looking word after `marker` in a tool's `--version` output, or None."""
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        async with asyncio.timeout(5):
-            out, _ = await proc.communicate()
+        result = await procs.run(argv, stderr=procs.PIPE, timeout_s=5)
     except (OSError, TimeoutError):
         return None
-    for line in out.decode(errors="replace").splitlines():
+    for line in (result.stdout + result.stderr).decode(errors="replace").splitlines():
         if marker in line:
             words = line.split(marker, 1)[1].split()
             if words:
@@ -108,6 +102,8 @@ class Engine:
         self.images = ImageService(config, self.events)
         self.host_facts = HostFacts.probe()
         self.containers = ContainerService(config, self.events, self.images, self.host_facts)
+        self.networks = NetworkService(config, self.events, self.containers)
+        self.containers.network = self.networks
         self.engine_id = ""
         self.started_at = time.time()
         self.version = VERSION
@@ -121,6 +117,7 @@ class Engine:
         self.backing_filesystem = await asyncio.to_thread(_filesystem_type, self.config.data_root)
         await self.images.start()
         await self._probe_components()
+        await self.networks.start()
         await self.containers.open()
         log.info(
             "engine started",
@@ -131,6 +128,7 @@ class Engine:
         """Stop services in reverse order. With live restore, containers keep running."""
         self._stopping.set()
         await self.containers.shutdown(live_restore=self.config.live_restore)
+        await self.networks.shutdown()
         await self.images.close()
         self.events.close()
         log.info("engine stopped")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
+from runtime import procs
 from runtime.cgroups import CgroupLayout, CgroupMode
 from runtime.config import RuntimeSpec
 from runtime.console import ConsoleSocket as ConsoleSocket  # re-exported: part of this API
@@ -177,6 +178,13 @@ def _read_pid(path: Path) -> int:
     return int(path.read_text().strip())
 
 
+def _fileno(fd: Fd | None) -> int:
+    """An fd to hand to the child; None means /dev/null."""
+    if fd is None:
+        return procs.DEVNULL
+    return fd if isinstance(fd, int) else fd.fileno()
+
+
 def _remove(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
@@ -212,29 +220,26 @@ class RuncRuntime:
         if capture:
             # Output pipes only for commands whose process tree ends with the command
             # (never create/exec: the container would inherit them).
-            stdin: Fd | int = (
-                asyncio.subprocess.PIPE if stdin_data is not None else asyncio.subprocess.DEVNULL
-            )
-            stdout: Fd | int = asyncio.subprocess.PIPE
-            stderr: Fd | int = asyncio.subprocess.PIPE
+            stdin: int | None = procs.DEVNULL
+            stdout: int | None = procs.PIPE
+            stderr: int | None = procs.PIPE
         else:
             io = stdio or Stdio()
-            dev = asyncio.subprocess.DEVNULL
-            stdin = io.stdin if io.stdin is not None else dev
-            stdout = io.stdout if io.stdout is not None else dev
-            stderr = io.stderr if io.stderr is not None else dev
-        proc = await asyncio.create_subprocess_exec(*argv, stdin=stdin, stdout=stdout, stderr=stderr)
+            stdin = _fileno(io.stdin)
+            stdout = _fileno(io.stdout)
+            stderr = _fileno(io.stderr)
         try:
-            async with asyncio.timeout(timeout_s):
-                out, err = await proc.communicate(stdin_data)
+            result = await procs.run(
+                argv, stdin=stdin, stdout=stdout, stderr=stderr, input=stdin_data, timeout_s=timeout_s
+            )
         except BaseException:
-            await asyncio.shield(terminate(proc))
             await asyncio.to_thread(_remove, log)
             raise
+        out, err = result.stdout, result.stderr
         logged = await asyncio.to_thread(_read_and_remove, log)
-        if proc.returncode != 0:
+        if result.returncode != 0:
             detail = last_error(logged) or (err or b"").decode(errors="replace").strip()
-            detail = detail or f"{self.name} {action} exited with status {proc.returncode}"
+            detail = detail or f"{self.name} {action} exited with status {result.returncode}"
             if "does not exist" in detail and action not in ("create", "run"):
                 raise OciContainerNotFound(action, detail, status=status)
             raise OciRuntimeError(action, detail, status=status)
@@ -274,24 +279,30 @@ class RuncRuntime:
         stderr: Fd | None = None,
         timeout_s: float = 60.0,
     ) -> int | None:
-        """`create` then `start`; returns the pty master fd when `console_socket` is given.
+        """`run --detach` (create and start in one runtime call); returns the pty master fd when
+        `console_socket` is given.
 
-        The init pid is in `pid_file`. On any failure the half-made container is deleted.
+        The init pid is in `pid_file`. On any failure the half-made container is deleted. Failures
+        are 400s with the runtime's message, as dockerd answers start failures.
         """
         console = receive_console_master(console_socket, timeout_s=timeout_s) if console_socket else None
         master: int | None = None
+        args = ["run", "--detach", "--bundle", str(bundle), "--pid-file", str(pid_file)]
+        if console_socket is not None:
+            args += ["--console-socket", str(console_socket)]
         try:
-            await self.create(
+            await self._run(
+                "run",
+                *args,
                 cid,
-                bundle,
-                pid_file=pid_file,
-                console_socket=console_socket,
-                stdio=Stdio(stdin, stdout, stderr),
+                cid=cid,
                 timeout_s=timeout_s,
+                stdio=Stdio(stdin, stdout, stderr),
+                capture=False,
+                status=400,
             )
             if console is not None:
                 master = await console
-            await self.start(cid)
             return master
         except BaseException:
             if console is not None:

@@ -169,7 +169,9 @@ class Container:
         store.write_json(self.config_path, self.config_json())
 
     def save_state(self) -> None:
-        store.write_json(self.state_path, self.state.to_json())
+        # Atomic (rename) but not fsync'd: it changes on every start and stop, and after a power
+        # loss the startup reconciliation re-derives liveness from /proc and the runtime anyway.
+        store.write_json(self.state_path, self.state.to_json(), durable=False)
 
     @classmethod
     def load(cls, data_dir: Path) -> Container:

@@ -134,12 +134,11 @@ def _owned_leftovers(d: Daemon) -> tuple[int, int]:
     return mounts, states
 
 
-@pytest.mark.parametrize("step", ["create", "start"])
-def test_sigkill_during_start_is_cleaned_up(failpoint_daemon: tuple[Daemon, Path], step: str) -> None:
+def test_sigkill_during_start_is_cleaned_up(failpoint_daemon: tuple[Daemon, Path]) -> None:
     d, control = failpoint_daemon
     n = uniq()
     d.docker("create", "--name", n, "busybox", "sleep", "300")
-    control.write_text(f"{step} kill-daemon\n")
+    control.write_text("run kill-daemon\n")
     r = d.docker("start", n, check=False)
     assert r.returncode != 0  # the daemon died under the request
     wait_for(lambda: d.proc is not None and d.proc.poll() is not None, 10, "the daemon to die")
@@ -155,12 +154,30 @@ def test_sigkill_during_start_is_cleaned_up(failpoint_daemon: tuple[Daemon, Path
     assert _owned_leftovers(d) == (0, 0)
 
 
+def test_sigkill_during_stop_is_cleaned_up(failpoint_daemon: tuple[Daemon, Path]) -> None:
+    d, control = failpoint_daemon
+    n = uniq()
+    d.docker("run", "-d", "--name", n, "busybox", "sleep", "300")
+    control.write_text("delete kill-daemon\n")  # dies while tearing the stopped container down
+    d.docker("stop", "-t", "0", n, check=False)
+    wait_for(lambda: d.proc is not None and d.proc.poll() is not None, 10, "the daemon to die")
+    d.proc = None
+    d.start()
+    s = state(d, n)
+    assert s["Status"] == "exited"
+    assert _owned_leftovers(d) == (0, 0)
+    d.docker("start", n)
+    assert state(d, n)["Running"] is True
+    d.docker("rm", "-f", n)
+    assert _owned_leftovers(d) == (0, 0)
+
+
 def test_runtime_failure_is_clear_and_leaves_nothing(failpoint_daemon: tuple[Daemon, Path]) -> None:
     d, control = failpoint_daemon
-    control.write_text("create fail\n")
+    control.write_text("run fail\n")
     r = d.docker("run", "--rm", "busybox", "true", check=False)
     assert r.returncode == 125
-    assert b"failpoint: injected create failure" in r.stderr
+    assert b"failpoint: injected run failure" in r.stderr
     assert _owned_leftovers(d) == (0, 0)
     control.unlink()
     assert d.docker("run", "--rm", "busybox", "echo", "ok").stdout == b"ok\n"
