@@ -22,6 +22,7 @@ This module owns no container logic: attach and exec use the channel through its
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any, cast
 
 import httptools
@@ -32,6 +33,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 EXTENSION = "pydock.hijack"
 READ_HIGH_WATER = 1 << 20
+MAX_UPGRADE_BODY = 1 << 20  # the JSON of an exec start; the body is buffered whole
+MAX_CHUNK_LINE = 4096  # a chunk-size or trailer line (RFC 9112 puts no limit; we must)
+_CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]{1,16}")
 RAW_STREAM = "application/vnd.docker.raw-stream"
 MULTIPLEXED_STREAM = "application/vnd.docker.multiplexed-stream"
 
@@ -39,7 +43,8 @@ MULTIPLEXED_STREAM = "application/vnd.docker.multiplexed-stream"
 class _ChunkedDecoder:
     """Just enough of RFC 9112 chunked decoding for a request body cut from a raw stream."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_body: int = MAX_UPGRADE_BODY) -> None:
+        self._max_body = max_body
         self._buf = bytearray()
         self._remaining = -1  # bytes left in the current chunk; -1 = reading a size line
         self._trailer = False
@@ -53,6 +58,7 @@ class _ChunkedDecoder:
             if self._trailer:
                 end = self._buf.find(b"\r\n")
                 if end < 0:
+                    self._check_line()
                     return b""
                 line = bytes(self._buf[:end])
                 del self._buf[: end + 2]
@@ -62,25 +68,33 @@ class _ChunkedDecoder:
             if self._remaining < 0:
                 end = self._buf.find(b"\r\n")
                 if end < 0:
+                    self._check_line()
                     return b""
-                size_text = bytes(self._buf[:end]).split(b";", 1)[0].strip()
+                size_text = bytes(self._buf[:end]).split(b";", 1)[0].strip(b" \t")
                 del self._buf[: end + 2]
-                try:
-                    size = int(size_text, 16)
-                except ValueError as exc:
-                    raise ValueError("invalid chunk size") from exc
+                if not _CHUNK_SIZE.fullmatch(size_text):  # int() would take "0x1", "-1", "1_0"
+                    raise ValueError("invalid chunk size")
+                size = int(size_text, 16)
+                if len(self.body) + size > self._max_body:
+                    raise ValueError("request body too large")
                 if size == 0:
                     self._trailer = True
                     continue
                 self._remaining = size
             if len(self._buf) < self._remaining + 2:
                 return b""
+            if self._buf[self._remaining : self._remaining + 2] != b"\r\n":
+                raise ValueError("chunk data not followed by CRLF")
             self.body += self._buf[: self._remaining]
             del self._buf[: self._remaining + 2]
             self._remaining = -1
         rest = bytes(self._buf)
         self._buf.clear()
         return rest
+
+    def _check_line(self) -> None:
+        if len(self._buf) > MAX_CHUNK_LINE:
+            raise ValueError("chunk line too long")
 
 
 class HijackChannel:
@@ -257,8 +271,8 @@ class HijackProtocol(HttpToolsProtocol):
         if self._body_chunked is not None:
             try:
                 rest = self._body_chunked.feed(data)
-            except ValueError:
-                self.send_400_response("Invalid chunked request body.")
+            except ValueError as exc:
+                self.send_400_response(f"Invalid chunked request body: {exc}.")
                 return
             if self._body_chunked.done:
                 self._finish_body(bytes(self._body_chunked.body))

@@ -23,7 +23,7 @@ import uvicorn
 from app import logfmt
 from app.api import create_app
 from app.flags import ConfigError, parse_args
-from app.hijack import HijackProtocol
+from app.limits import BodyLimitMiddleware, LimitedProtocol
 from app.listeners import Listener, ListenerError, open_listeners
 from runtime.config import DaemonConfig
 from runtime.engine import VERSION, Engine
@@ -97,7 +97,7 @@ class Server(uvicorn.Server):
 def uvicorn_config(app: object, config: DaemonConfig) -> uvicorn.Config:
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
-        http=HijackProtocol,
+        http=LimitedProtocol,  # HijackProtocol + size limits and slow-client timeouts
         lifespan="off",
         loop="none",
         log_config=None,
@@ -126,7 +126,7 @@ async def serve(config: DaemonConfig) -> int:
         for listener in listeners:
             listener.close()
         raise
-    server = Server(uvicorn_config(create_app(engine), config), listeners)
+    server = Server(uvicorn_config(BodyLimitMiddleware(create_app(engine)), config), listeners)
 
     def on_signal(signum: int) -> None:
         log.info("received %s, shutting down", signal.Signals(signum).name)
