@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from runtime import rootfs as rootfs_mod
 from runtime import store
-from runtime.cgroups import CgroupLayout, container_cgroup_path, oom_kill_count
+from runtime.cgroups import CgroupLayout, container_cgroup_path, oom_kill_count, remove_cgroup_async
 from runtime.config import DaemonConfig
 from runtime.errors import PydockError, SystemError_
 from runtime.events import EventBus
@@ -201,10 +201,11 @@ class Launcher:
 
     async def teardown(self, container: Container) -> None:
         """After the init exited: runtime state, cgroup, network, rootfs mount, runtime dir."""
-        try:
-            await self.runtime(container).delete(container.cid, force=True)
-        except PydockError as exc:
-            log.warning("runtime delete failed: %s", exc, extra={"container": container.short_id})
+        if not await self._forget_stopped(container):
+            try:
+                await self.runtime(container).delete(container.cid, force=True)
+            except PydockError as exc:
+                log.warning("runtime delete failed: %s", exc, extra={"container": container.short_id})
         try:
             await self.ctx.network.release(container)
         except PydockError as exc:
@@ -217,6 +218,29 @@ class Launcher:
             _clear_runtime_dir(rdir)
 
         await asyncio.to_thread(blocking)
+
+    async def _forget_stopped(self, container: Container) -> bool:
+        """What `runc delete` does for a stopped container (remove its cgroup and its state dir),
+        without spawning runc (~8 ms). False when it does not apply: another runtime, an init that
+        still lives, a cgroup that stays busy; the caller then runs the runtime's delete."""
+        runtime = self.runtime(container)
+        if Path(getattr(runtime, "binary", "")).name != "runc":
+            return False
+        state_dir = self.ctx.config.runtime_root / container.cid
+        try:
+            state = await asyncio.to_thread(store.read_json, state_dir / "state.json")
+        except FileNotFoundError:
+            return True  # the runtime has no state for it: nothing to delete
+        except (OSError, ValueError):
+            return False
+        pid = int(state.get("init_process_pid") or 0)
+        if pid > 0 and _lives(pid, int(state.get("init_process_start") or 0)):
+            return False
+        left = await remove_cgroup_async(self.cgroup_layout, cgroups_path(container), timeout_s=1.0)
+        if left:
+            return False
+        await asyncio.to_thread(shutil.rmtree, state_dir, True)
+        return True
 
     async def pause(self, container: Container) -> None:
         await self.runtime(container).pause(container.cid)
@@ -242,6 +266,16 @@ class Launcher:
 def plan_binds(container: Container) -> list[Any]:
     """Bind and volume mounts resolved to host paths (filled in by the volumes work, issue 5)."""
     return []
+
+
+def _lives(pid: int, start_time: int) -> bool:
+    """Whether `pid` is still the (non-zombie) process that started at `start_time` ticks."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z" and (start_time == 0 or int(fields[19]) == start_time)
 
 
 def _clear_runtime_dir(rdir: Path) -> None:
