@@ -19,7 +19,6 @@ import contextlib
 import io
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
@@ -28,6 +27,7 @@ from runtime import layers, reference
 from runtime.errors import InvalidParameter, NotFound, PydockError
 from runtime.images import ImageService, LayerJob, Progress
 from runtime.imagestore import MEDIA_OCI_GZIP, MEDIA_TAR_GZIP, LayerRecord, hex_of
+from runtime.progress import ProgressReader, Throttle, layer_message
 from runtime.registry import (
     INDEX_TYPES,
     MT_DOCKER_CONFIG,
@@ -41,7 +41,6 @@ from runtime.registry import (
 
 log = logging.getLogger("pydock.distribution")
 
-PROGRESS_INTERVAL_S = 0.1
 LAYER_MEDIA_TYPES = {
     "application/vnd.docker.image.rootfs.diff.tar.gzip",
     "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
@@ -51,73 +50,6 @@ LAYER_MEDIA_TYPES = {
     "application/vnd.oci.image.layer.v1.tar+zstd",
     "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
 }
-
-
-# --- progress messages ---------------------------------------------------------------------------
-
-
-def human_size(n: float) -> str:
-    """go-units HumanSize: decimal units, 4 significant digits (`36.64kB`, `1.032MB`)."""
-    units = ["B", "kB", "MB", "GB", "TB", "PB"]
-    i = 0
-    while n >= 1000 and i < len(units) - 1:
-        n /= 1000
-        i += 1
-    return f"{n:.4g}{units[i]}"
-
-
-def progress_text(current: int, total: int) -> str:
-    if total <= 0:
-        return f"{human_size(current):>8}"
-    pct = min(50, int(current / total * 100) // 2)
-    return f"[{'=' * pct}>{' ' * (50 - pct)}] {human_size(current):>8}/{human_size(total)}"
-
-
-def layer_message(
-    layer_id: str, status: str, current: int | None = None, total: int | None = None
-) -> dict[str, Any]:
-    msg: dict[str, Any] = {"status": status, "progressDetail": {}, "id": layer_id}
-    if current is not None:
-        msg["progressDetail"] = {"current": current, "total": total or 0}
-        msg["progress"] = progress_text(current, total or 0)
-    return msg
-
-
-class _Throttle:
-    def __init__(self) -> None:
-        self._last = 0.0
-
-    def ready(self) -> bool:
-        now = time.monotonic()
-        if now - self._last >= PROGRESS_INTERVAL_S:
-            self._last = now
-            return True
-        return False
-
-
-class _ProgressReader(io.RawIOBase):
-    """Reads a file in a worker thread and reports progress to the loop (thread-safe)."""
-
-    def __init__(self, f: IO[bytes], report: Callable[[int], None]) -> None:
-        self._f = f
-        self._report = report
-        self._done = 0
-        self._throttle = _Throttle()
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf: memoryview | bytearray) -> int:  # type: ignore[override]
-        data = self._f.read(len(buf))
-        buf[: len(data)] = data
-        self._done += len(data)
-        if self._throttle.ready():
-            self._report(self._done)
-        return len(data)
-
-    def close(self) -> None:
-        self._f.close()
-        super().close()
 
 
 # --- pull ----------------------------------------------------------------------------------------
@@ -237,7 +169,7 @@ def _layer_maker(
             loop.call_soon_threadsafe(job.emit, layer_message(short, "Extracting", done, size))
 
         def opener() -> IO[bytes]:
-            raw = _ProgressReader(open(svc.store.blob_path(digest), "rb"), report)  # noqa: SIM115
+            raw = ProgressReader(open(svc.store.blob_path(digest), "rb"), report)  # noqa: SIM115
             return io.BufferedReader(raw, layers.CHUNK)
 
         try:
@@ -266,7 +198,7 @@ async def _download(
         job.emit(layer_message(short, "Waiting"))
     async with svc.download_slots:
         writer = await asyncio.to_thread(svc.store.new_blob_writer)
-        throttle = _Throttle()
+        throttle = Throttle()
         try:
             buf = bytearray()
             got = 0
@@ -281,6 +213,7 @@ async def _download(
                     job.emit(layer_message(short, "Downloading", got, total))
             if buf:
                 await asyncio.to_thread(writer.write, bytes(buf))
+            job.emit(layer_message(short, "Downloading", got, total))  # the bar ends full, as dockerd's
             job.emit(layer_message(short, "Verifying Checksum"))
             await asyncio.to_thread(writer.commit, digest)
         except BaseException:
@@ -378,7 +311,7 @@ async def _push_layer(
             ):
                 emit(layer_message(short, f"Mounted from {src_repo}"))
                 return desc
-        throttle = _Throttle()
+        throttle = Throttle()
 
         def progress(done: int) -> None:
             if throttle.ready() or done >= size:

@@ -9,6 +9,7 @@ a crash leaves only a `.tmp-*` that startup sweeps). Layers go through the share
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -18,10 +19,11 @@ from typing import IO, TYPE_CHECKING, Any, cast
 from runtime import archive, layers, reference, store
 from runtime.errors import InvalidParameter
 from runtime.imagestore import ImageRecord, LayerRecord, now_rfc3339
+from runtime.progress import ProgressReader, layer_message
 from runtime.registry import host_platform
 
 if TYPE_CHECKING:
-    from runtime.images import ImageService, LayerJob
+    from runtime.images import ImageService, LayerJob, Progress
 
 SPOOL_CHUNK = 1 << 20
 
@@ -47,20 +49,25 @@ async def spool(svc: ImageService, body: AsyncIterator[bytes]) -> Path:
     return path
 
 
-async def load(svc: ImageService, body: AsyncIterator[bytes]) -> list[dict[str, Any]]:
-    """`docker load` of a Docker or OCI archive; returns the stream messages."""
+async def load(
+    svc: ImageService, body: AsyncIterator[bytes], emit: Progress | None = None
+) -> list[dict[str, Any]]:
+    """`docker load` of a Docker or OCI archive; returns the result messages. With `emit` (a
+    load that is not quiet), each layer unpacked reports "Loading layer" progress as dockerd does."""
     path = await spool(svc, body)
     try:
         ar = await asyncio.to_thread(archive.Archive, path)
         try:
-            return await _load_archive(svc, ar)
+            return await _load_archive(svc, ar, emit)
         finally:
             ar.close()
     finally:
         await asyncio.to_thread(path.unlink, True)
 
 
-async def _load_archive(svc: ImageService, ar: archive.Archive) -> list[dict[str, Any]]:
+async def _load_archive(
+    svc: ImageService, ar: archive.Archive, emit: Progress | None
+) -> list[dict[str, Any]]:
     entries = await asyncio.to_thread(ar.images)
     messages: list[dict[str, Any]] = []
     for entry in entries:
@@ -79,20 +86,17 @@ async def _load_archive(svc: ImageService, ar: archive.Archive) -> list[dict[str
                 parent = chains[i - 1] if i else None
 
                 async def make(
-                    _job: LayerJob,
+                    job: LayerJob,
                     member: str = member,
                     parent: str | None = parent,
                     diff: str = diff_ids[i],
                 ) -> LayerRecord:
+                    opener = _layer_opener(ar, member, job if emit else None, diff)
                     return await asyncio.to_thread(
-                        svc.store.create_layer_blocking,
-                        parent,
-                        lambda: ar.open_member(member),
-                        blob=None,
-                        expected_diff_id=diff,
+                        svc.store.create_layer_blocking, parent, opener, blob=None, expected_diff_id=diff
                     )
 
-                await svc.ensure_layer(chains[i], make)
+                await svc.ensure_layer(chains[i], make, emit)
 
             def retag(ref: str, old: str) -> None:
                 messages.append(
@@ -111,6 +115,30 @@ async def _load_archive(svc: ImageService, ar: archive.Archive) -> list[dict[str
             messages.append({"stream": f"Loaded image ID: {record.image_id}\n"})
             svc.events.publish("image", "load", record.image_id, {"name": record.image_id})
     return messages
+
+
+def _layer_opener(
+    ar: archive.Archive, member: str, job: LayerJob | None, diff_id: str
+) -> Callable[[], IO[bytes]]:
+    """Opens a layer member; with a job, reading it reports "Loading layer" progress to the job's
+    listeners (in bytes of the member, as dockerd counts). Call from the loop, open in a thread."""
+    if job is None:
+        return lambda: ar.open_member(member)
+    loop = asyncio.get_running_loop()
+    short = diff_id.removeprefix("sha256:")[:12]
+    emit = job.emit
+
+    def opener() -> IO[bytes]:
+        f = ar.open_member(member)
+        size = f.seek(0, io.SEEK_END)
+        f.seek(0)
+
+        def report(done: int) -> None:
+            loop.call_soon_threadsafe(emit, layer_message(short, "Loading layer", done, size))
+
+        return io.BufferedReader(ProgressReader(f, report), layers.CHUNK)
+
+    return opener
 
 
 def save_targets(svc: ImageService, names: list[str]) -> list[tuple[ImageRecord, list[reference.Reference]]]:

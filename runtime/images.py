@@ -415,9 +415,10 @@ class ImageService:
         """`POST /images/prune`: dangling images (or all unused with dangling=false)."""
         return await imagedelete.prune(self, filters)
 
-    async def load(self, body: AsyncIterator[bytes]) -> list[dict[str, Any]]:
-        """`docker load` of a Docker or OCI archive; returns the stream messages."""
-        return await imagefiles.load(self, body)
+    async def load(self, body: AsyncIterator[bytes], emit: Progress | None = None) -> list[dict[str, Any]]:
+        """`docker load` of a Docker or OCI archive; returns the result messages (`emit` gets
+        per-layer "Loading layer" progress)."""
+        return await imagefiles.load(self, body, emit)
 
     async def save(self, names: list[str]) -> AsyncIterator[bytes]:
         """`docker save`: every name is resolved first (NoSuchImage before any byte is sent)."""

@@ -157,10 +157,12 @@ async def image_get_all(
 @router.post("/images/load", operation_id="ImageLoad")
 async def image_load(request: Request, images: ImagesDep, quiet: BoolQuery = None) -> StreamingResponse:
     body = request.stream()
-    del quiet  # the result lines are sent either way, as dockerd does
+    # The result lines are sent either way, as dockerd does; per-layer progress only when the
+    # client asks with quiet=0 (dockerd's default is quiet; the CLI sends quiet=0 on a TTY).
+    show_progress = quiet is not None and not docker_bool(quiet)
 
     async def load(emit: Progress) -> None:
-        for msg in await images.load(body):
+        for msg in await images.load(body, emit if show_progress else None):
             emit(msg)
 
     return await _started_stream(_progress(load))

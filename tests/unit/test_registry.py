@@ -7,8 +7,9 @@ import json
 import httpx
 import pytest
 
-from runtime.distribution import human_size, parse_pull_ref, progress_text
+from runtime.distribution import parse_pull_ref
 from runtime.errors import NotFound, Unauthorized
+from runtime.progress import human_size, progress_text
 from runtime.registry import (
     MT_DOCKER_LIST,
     MT_DOCKER_MANIFEST,
