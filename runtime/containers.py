@@ -31,10 +31,12 @@ from runtime.errors import (
     PydockError,
 )
 from runtime.events import EventBus
+from runtime.fdkeeper import FdKeeper
 from runtime.hostfacts import HostFacts
 from runtime.images import ImageService
 from runtime.inspect import inspect_body, summary_ports
 from runtime.launch import Launcher
+from runtime.lifecycle import LifecycleHooks, NoLifecycle
 from runtime.listing import ListFilter, summary
 from runtime.names import random_name
 from runtime.netattach import BasicNetwork, NetworkHooks, joined_netns
@@ -65,6 +67,8 @@ class ContainerService:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runtimes: dict[str, OciRuntime] = {}
         self._stopping = False
+        self.fdkeeper = FdKeeper(config.exec_root / "fdkeeper.json")
+        self.lifecycle: LifecycleHooks = NoLifecycle()  # the exec service once the engine is up
         self.launcher = Launcher(self)
         images.set_usage_probe(self.image_users)
 
@@ -113,8 +117,12 @@ class ContainerService:
             self._supervisors[container.cid] = sup
             self._names[container.name] = container.cid
             sup.spawn()
+        masters = await asyncio.to_thread(self.fdkeeper.open)
         for sup in list(self._supervisors.values()):
-            await self._reconcile(sup)
+            await self._reconcile(sup, masters.pop(sup.container.cid, None))
+        for cid, fd in masters.items():  # pty masters of containers that are gone
+            os.close(fd)
+            self.fdkeeper.release(cid)
         await self._sweep_orphans()
 
     def _load_records(self) -> list[Container]:
@@ -129,13 +137,16 @@ class ContainerService:
                 log.error("skipping broken container record %s: %s", entry.name, exc)
         return out
 
-    async def _reconcile(self, sup: Supervisor) -> None:
+    async def _reconcile(self, sup: Supervisor, tty_master: int | None) -> None:
         c = sup.container
         state = c.state
         if state.status in (Status.RUNNING, Status.PAUSED) and _alive(state.pid, state.pid_start_time):
-            sup.adopt(state.pid)
+            sup.adopt(state.pid, tty_master)
             log.info("re-adopted running container", extra={"container": c.short_id, "pid": state.pid})
             return
+        if tty_master is not None:
+            os.close(tty_master)
+            self.fdkeeper.release(c.cid)
         if state.status in (Status.RUNNING, Status.PAUSED, Status.RESTARTING):
             # It died while the daemon was away: its exit status is lost (documented fallback: 255).
             if state.status != Status.RESTARTING:
@@ -186,6 +197,7 @@ class ContainerService:
             await asyncio.gather(*(self._stop_for_shutdown(s) for s in running), return_exceptions=True)
         for sup in list(self._supervisors.values()):
             await sup.close()
+        self.fdkeeper.close(keep_running=live_restore)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -24,8 +24,10 @@ from runtime.cgroups import CgroupLayout, container_cgroup_path, oom_kill_count,
 from runtime.config import DaemonConfig
 from runtime.errors import PydockError, SystemError_
 from runtime.events import EventBus
+from runtime.fdkeeper import FdKeeper
 from runtime.hostfacts import HostFacts
 from runtime.images import ImageService
+from runtime.lifecycle import LifecycleHooks
 from runtime.netattach import NetworkHooks, NetworkPlan
 from runtime.oci import OciRuntime
 from runtime.records import Container
@@ -45,6 +47,8 @@ class LaunchContext(Protocol):
     images: ImageService
     host_facts: HostFacts
     network: NetworkHooks
+    fdkeeper: FdKeeper
+    lifecycle: LifecycleHooks
 
     def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]: ...
 
@@ -125,6 +129,7 @@ class Launcher:
                 fds.close()
             if master is not None:
                 stdio.set_tty_master(master)
+                self.ctx.fdkeeper.keep(container.cid, master)  # survives a daemon crash
             pid = int((rdir / "init.pid").read_text().strip())
             await self.ctx.network.activate(container, pid, plan)
             stdio.start_reading()
@@ -210,6 +215,8 @@ class Launcher:
             await self.ctx.network.release(container)
         except PydockError as exc:
             log.warning("network release failed: %s", exc, extra={"container": container.short_id})
+        if container.config.Tty:
+            self.ctx.fdkeeper.release(container.cid)
         rdir = self.runtime_dir(container)
         rootfs = self.rootfs(container)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import signal
@@ -104,7 +105,8 @@ class RestartDue(_Msg):
 
 @dataclass(slots=True)
 class Call(_Msg):
-    """Run a function inside the supervisor's turn (rename, update, ...)."""
+    """Run a function inside the supervisor's turn (rename, update, ...); an awaitable it
+    returns is awaited there too."""
 
     fn: Callable[[], Any]
 
@@ -216,7 +218,8 @@ class Supervisor:
             case RestartDue():
                 return await self._restart_due()
             case Call(fn=fn):
-                return fn()
+                result = fn()
+                return await result if inspect.isawaitable(result) else result
         raise SystemError_(f"unknown message {type(msg).__name__}")
 
     # --- state ----------------------------------------------------------------------------------
@@ -294,6 +297,7 @@ class Supervisor:
         state.started_at = now_rfc3339()
         state.has_been_started = True
         self._watch(pid)
+        self.ctx.lifecycle.container_started(self)  # health monitor (runtime/execs.py)
         await self.persist_state()
 
     def _watch(self, pid: int) -> None:
@@ -314,12 +318,16 @@ class Supervisor:
 
         loop.add_reader(fd, on_exit)
 
-    def adopt(self, pid: int) -> None:
-        """After a daemon restart: watch a container that kept running and reopen its stdio."""
+    def adopt(self, pid: int, tty_master: int | None = None) -> None:
+        """After a daemon restart: watch a container that kept running and reopen its stdio
+        (FIFOs, or the pty master the fd keeper held while the daemon was away)."""
         self._open_log()
         self.stdio.reopen()
+        if tty_master is not None:
+            self.stdio.set_tty_master(tty_master)
         self.stdio.start_reading()
         self._watch(pid)
+        self.ctx.lifecycle.container_started(self)
 
     # --- exit ---------------------------------------------------------------------------------
 
@@ -338,6 +346,7 @@ class Supervisor:
         if self._kill_timer is not None:
             self._kill_timer.cancel()
             self._kill_timer = None
+        self.ctx.lifecycle.container_stopped(self)  # ends its execs and its health monitor
         oom = await self.launcher.oom_killed(c)
         self.stdio.finish()
         if self.log_writer is not None:
@@ -509,6 +518,7 @@ class Supervisor:
             raise NotRunning(c.cid)
         await self.launcher.pause(c)
         c.state.status = Status.PAUSED
+        self.ctx.lifecycle.container_paused(self, True)
         await self.persist_state()
         self._event("pause")
 
@@ -518,6 +528,7 @@ class Supervisor:
             raise SystemError_(f"Container {c.cid} is not paused")
         await self.launcher.resume(c)
         c.state.status = Status.RUNNING
+        self.ctx.lifecycle.container_paused(self, False)
         await self.persist_state()
         self._event("unpause")
 

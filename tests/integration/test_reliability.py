@@ -269,3 +269,33 @@ def test_pydockctl(loaded: Daemon, tmp_root: Path) -> None:
     (bundle / "config.json").write_text(json.dumps(spec))
     out = subprocess.run([*base, "run", str(bundle)], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "raw-bundle-ok"
+
+
+def test_tty_container_survives_a_daemon_crash(loaded: Daemon) -> None:
+    """The pty master outlives the daemon in the fd keeper: the shell gets no SIGHUP."""
+    d = loaded
+    n = uniq()
+    d.docker("run", "-dit", "--name", n, "busybox", "sh")
+    pid = state(d, n)["Pid"]
+    d.kill()
+    time.sleep(1)
+    assert Path(f"/proc/{pid}").exists()
+    d.start()
+    assert state(d, n)["Running"] is True
+    client = d.client()
+    try:
+        sock = client.api.attach_socket(n, params={"stdin": 1, "stdout": 1, "stream": 1})
+        raw = sock._sock
+        raw.settimeout(10)
+        raw.sendall(b"echo still-$((20+1))\n")
+        got = b""
+        deadline = time.monotonic() + 10
+        while b"still-21" not in got and time.monotonic() < deadline:
+            got += raw.recv(4096)
+        assert b"still-21" in got
+        sock.close()
+        raw.close()
+    finally:
+        client.close()
+    d.docker("rm", "-f", n)
+    assert not (d.exec_root / "fdkeeper.json").exists()  # the keeper went with the last TTY container
