@@ -22,7 +22,14 @@ from typing import IO, Any
 from runtime import layers, reference
 from runtime.errors import InvalidParameter
 from runtime.imagestore import ImageRecord, ImageStore, hex_of
-from runtime.registry import INDEX_TYPES, MT_OCI_CONFIG, MT_OCI_INDEX, MT_OCI_MANIFEST, select_platform
+from runtime.registry import (
+    INDEX_TYPES,
+    MT_OCI_CONFIG,
+    MT_OCI_INDEX,
+    MT_OCI_MANIFEST,
+    RegistryError,
+    select_platform,
+)
 
 MAX_JSON_BYTES = 8 << 20
 MEDIA_OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
@@ -116,7 +123,10 @@ class Archive:
             layer_paths = entry.get("Layers") or []
             if not isinstance(layer_paths, list) or not all(isinstance(p, str) for p in layer_paths):
                 raise InvalidArchive("invalid archive: bad Layers in manifest.json")
-            tags = [reference.parse(t) for t in entry.get("RepoTags") or [] if isinstance(t, str)]
+            repo_tags = entry.get("RepoTags") or []
+            if not isinstance(repo_tags, list):
+                raise InvalidArchive("invalid archive: bad RepoTags in manifest.json")
+            tags = [reference.parse(t) for t in repo_tags if isinstance(t, str)]
             out.append(ArchiveImage(self.read_small(entry["Config"]), list(layer_paths), tags))
         return out
 
@@ -131,15 +141,21 @@ class Archive:
         if not isinstance(index, dict):
             raise InvalidArchive("invalid archive: index.json is not an object")
         out: list[ArchiveImage] = []
-        for desc in index.get("manifests") or []:
-            names = _oci_names(desc.get("annotations") or {})
+        descriptors = index.get("manifests") or []
+        if not isinstance(descriptors, list) or not all(isinstance(d, dict) for d in descriptors):
+            raise InvalidArchive("invalid archive: bad manifests in index.json")
+        for desc in descriptors:
+            annotations = desc.get("annotations") or {}
+            names = _oci_names(annotations if isinstance(annotations, dict) else {})
             manifest = self._resolve_manifest(desc)
             config_desc = manifest.get("config") or {}
+            layer_descs = manifest.get("layers") or []
+            if not isinstance(config_desc, dict):
+                raise InvalidArchive("invalid archive: bad config in manifest")
+            if not isinstance(layer_descs, list) or not all(isinstance(d, dict) for d in layer_descs):
+                raise InvalidArchive("invalid archive: bad layers in manifest")
             config = self._blob(str(config_desc.get("digest", "")))
-            members = [
-                f"blobs/sha256/{hex_of(str(layer.get('digest', '')))}"
-                for layer in manifest.get("layers") or []
-            ]
+            members = [f"blobs/sha256/{hex_of(str(layer.get('digest', '')))}" for layer in layer_descs]
             out.append(ArchiveImage(config, members, names))
         if not out:
             raise InvalidArchive("invalid archive: index.json lists no images")
@@ -147,12 +163,18 @@ class Archive:
 
     def _resolve_manifest(self, desc: dict[str, Any]) -> dict[str, Any]:
         for _ in range(4):  # nested indexes, a few levels at most
-            obj = json.loads(self._blob(str(desc.get("digest", ""))))
+            try:
+                obj = json.loads(self._blob(str(desc.get("digest", ""))))
+            except ValueError as exc:
+                raise InvalidArchive(f"invalid archive: manifest is not valid JSON: {exc}") from exc
             if not isinstance(obj, dict):
                 raise InvalidArchive("invalid archive: manifest is not an object")
             media = desc.get("mediaType") or obj.get("mediaType") or ""
-            if media in INDEX_TYPES or "manifests" in obj:
-                desc = select_platform(obj)
+            if (isinstance(media, str) and media in INDEX_TYPES) or "manifests" in obj:
+                try:
+                    desc = select_platform(obj)
+                except RegistryError as exc:
+                    raise InvalidArchive(f"invalid archive: {exc}") from exc
                 continue
             return obj
         raise InvalidArchive("invalid archive: indexes nested too deep")

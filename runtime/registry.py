@@ -157,8 +157,13 @@ def select_platform(index: dict[str, Any], wanted: tuple[str, str, str] | None =
     """The descriptor in a manifest list / OCI index for the wanted (or this host's) platform."""
     want_os, want_arch, want_variant = wanted or host_platform()
     best: tuple[int, dict[str, Any]] | None = None
-    for desc in index.get("manifests") or []:
-        plat = desc.get("platform") or {}
+    manifests = index.get("manifests") or []
+    if not isinstance(manifests, list):
+        raise RegistryError("invalid manifest list: manifests is not a list")
+    for desc in manifests:
+        plat = desc.get("platform") if isinstance(desc, dict) else None
+        if not isinstance(plat, dict):
+            continue  # malformed entries match no platform (untrusted input, issue 8)
         if plat.get("os") != want_os or plat.get("architecture") != want_arch:
             continue
         variant = plat.get("variant") or ""

@@ -37,12 +37,16 @@ def parse_signal(raw: str | int) -> int:
     if isinstance(raw, int):
         if raw <= 0:
             raise InvalidParameter(f"Invalid signal: {raw}")
+        if raw > SIGRTMAX:
+            raise InvalidParameter(f"the linux daemon does not support signal {raw}")
         return raw
     text = raw.strip()
     if text.lstrip("-").isdigit():
         number = int(text)
         if number <= 0:
             raise InvalidParameter(f"Invalid signal: {raw}")
+        if number > SIGRTMAX:  # dockerd's ValidSignalForPlatform; runc would fail with a 500
+            raise InvalidParameter(f"the linux daemon does not support signal {number}")
         return number
     number_or_none = _NAMES.get(text.upper().removeprefix("SIG"))
     if number_or_none is None:

@@ -17,3 +17,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture
 def update_golden(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--update-golden"))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fuzzing and hostile-input suites' counts (tests/fuzzstats.py), shown without `-s`."""
+    from tests.fuzzstats import summary_lines
+
+    lines = summary_lines()
+    if lines:
+        terminalreporter.section("fuzzing and hostile inputs")
+        for line in lines:
+            terminalreporter.write_line(line)

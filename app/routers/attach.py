@@ -51,7 +51,7 @@ def parse_detach_keys(spec: str | None) -> bytes:
                 out.append({"@": 0, "[": 27, "\\": 28, "]": 29, "^": 30, "_": 31}[ch])
             else:
                 raise InvalidParameter(f"Unknown character: '{ch}'")
-        elif len(key) == 1:
+        elif len(key) == 1 and key.isascii():  # Go compares bytes: "é" is two, not a key
             out.append(ord(key))
         else:
             raise InvalidParameter(f"Unknown character: '{key}'")
