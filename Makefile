@@ -14,14 +14,15 @@ DEBIAN_PACKAGES := python3 python3-venv python3-dev gcc make ca-certificates cur
 	runc crun tini iptables iproute2 kmod procps psmisc busybox-static \
 	docker-registry skopeo apache2-utils docker-compose conntrack
 
-.PHONY: help install run test lint typecheck unit integration openapi bench dist clean
+.PHONY: help install run test lint typecheck unit integration openapi docs bench dist clean
 
 help:
 	@echo "make run      install everything, then run pydockd on $(SOCK)"
 	@echo "make test     install everything, then lint, type check and run all tests"
 	@echo "make install  install Debian and Python packages (idempotent)"
 	@echo "make bench    side-by-side benchmarks (COMPARE=dockerd adds a real dockerd)"
-	@echo "make dist     single-file build: dist/pydockd"
+	@echo "make docs     regenerate the README's table of commands and endpoints from the routers"
+	@echo "make dist     single-file build: dist/pydockd (DIST=path to write it elsewhere)"
 
 install: $(VENV)/.deps $(BUSYBOX_TAR)
 
@@ -83,15 +84,25 @@ integration: install
 test: install lint typecheck
 	$(BIN)/pytest tests -q
 
+# Both are generated from the routers: a new route refreshes both (each has a drift test).
 openapi: $(VENV)/.deps
 	$(BIN)/python -m app.openapi
+	$(BIN)/python -m app.endpoints --write
+
+docs: $(VENV)/.deps
+	$(BIN)/python -m app.endpoints --write
 
 bench: install
 	$(BIN)/python -m bench $(if $(COMPARE),--compare $(COMPARE))
 
+# One executable zipapp (shiv): pydock + its Python dependencies, for the system's python3 (3.11+).
+# Compiled modules are unpacked at first start to ~/.shiv (or $$SHIV_ROOT); see README.
+DIST ?= dist/pydockd
 dist: $(VENV)/.deps
-	$(BIN)/python -m zipapp --help >/dev/null
-	./contrib/build-dist.sh
+	@mkdir -p $(dir $(DIST))
+	$(BIN)/shiv --reproducible --compressed --python '/usr/bin/env python3' --entry-point app.main:main \
+	  --preamble contrib/dist-preamble.py --output-file $(DIST) -- -q --disable-pip-version-check .
+	@echo "built $(DIST) for $$($(BIN)/python -c 'import sys; print("CPython %d.%d" % sys.version_info[:2])')"
 
 clean:
 	rm -rf dist build var *.egg-info .mypy_cache .ruff_cache .pytest_cache

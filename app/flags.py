@@ -86,12 +86,31 @@ CONFIG_KEYS: dict[str, str] = {
 }
 
 
+class DockerdHelpFormatter(argparse.HelpFormatter):
+    """`pydockd --help` laid out like dockerd's (Go pflag): `-H, --host list`, `    --bip string`,
+    boolean flags without a value placeholder, and `Usage:` with a capital."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=42, width=110)
+
+    def add_usage(self, usage: str | None, actions: Any, groups: Any, prefix: str | None = None) -> None:
+        super().add_usage(usage, actions, groups, prefix="Usage:  " if prefix is None else prefix)
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        short = [o for o in action.option_strings if not o.startswith("--")]
+        long = [o for o in action.option_strings if o.startswith("--")]
+        names = ", ".join([*short, *long]) if short else "    " + ", ".join(long)
+        if action.nargs == 0 or not action.metavar:  # a flag, or a boolean like --iptables[=false]
+            return names
+        return f"{names} {action.metavar}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pydockd",
         usage="pydockd [OPTIONS]",
         description="A self-sufficient runtime for containers: the Docker Engine API in one Python process.",
-        formatter_class=lambda prog: argparse.HelpFormatter(prog, max_help_position=40, width=110),
+        formatter_class=DockerdHelpFormatter,
         argument_default=argparse.SUPPRESS,
         add_help=False,
     )
