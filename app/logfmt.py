@@ -87,3 +87,7 @@ def setup(level: str, fmt: str) -> None:
     access.handlers[:] = []
     access.propagate = numeric <= logging.DEBUG
     access.disabled = numeric > logging.DEBUG
+    # Libraries' chatter: httpx logs every registry request at INFO, httpcore its transport
+    # states at DEBUG (a dozen lines per blob). Registry requests show only when debugging.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if numeric <= logging.DEBUG else logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
