@@ -68,6 +68,8 @@ class WireModel(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _null_means_default(cls, data: object) -> object:
+        if isinstance(data, dict):
+            _check_int64(data, "")
         if isinstance(data, dict) and None in data.values():
             return {k: v for k, v in data.items() if v is not None or k not in cls._non_nullable}
         return data
@@ -75,3 +77,22 @@ class WireModel(BaseModel):
     def wire(self) -> dict[str, object]:
         """The JSON-ready dict of this body as Docker writes it."""
         return self.model_dump(mode="json", by_alias=True)
+
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _check_int64(value: object, where: str) -> None:
+    """Every JSON number of the Engine API is a Go int64 (or narrower): dockerd's decoder refuses
+    larger ones with a 400, and letting one through would overflow later, in a cgroup file, a
+    timer or a syscall (issue 8)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not INT64_MIN <= value <= INT64_MAX:
+            target = f"Go struct field {where}" if where else "Go value"
+            raise ValueError(f"json: cannot unmarshal number {value} into {target} of type int64")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_int64(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for item in value:
+            _check_int64(item, where)

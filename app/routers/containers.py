@@ -77,13 +77,23 @@ async def container_inspect(ref: str, containers: Containers, size: DockerBool =
     return DockerJSONResponse(containers.inspect(ref, sizes=sizes))
 
 
-@router.post("/containers/{ref}/start", operation_id="ContainerStart", status_code=204)
+@router.post(
+    "/containers/{ref}/start",
+    operation_id="ContainerStart",
+    status_code=204,
+    responses={304: {"description": "Container already started"}},
+)
 async def container_start(ref: str, containers: Containers, detachKeys: str | None = None) -> Response:
     await containers.start(ref)
     return _no_content()
 
 
-@router.post("/containers/{ref}/stop", operation_id="ContainerStop", status_code=204)
+@router.post(
+    "/containers/{ref}/stop",
+    operation_id="ContainerStop",
+    status_code=204,
+    responses={304: {"description": "Container already stopped"}},
+)
 async def container_stop(
     ref: str,
     containers: Containers,
@@ -172,6 +182,8 @@ async def container_wait(ref: str, containers: Containers, condition: str | None
 
 @router.post("/containers/{ref}/resize", operation_id="ContainerResize")
 async def container_resize(ref: str, containers: Containers, h: int = 0, w: int = 0) -> Response:
+    if not (0 <= h <= 0xFFFF and 0 <= w <= 0xFFFF):  # a TTY's winsize holds unsigned shorts
+        raise InvalidParameter(f"invalid terminal size {h}x{w}: height and width must be 0 to 65535")
     sup = containers.get(ref)
     if not sup.container.state.running:
         raise NotRunning(sup.container.cid)
