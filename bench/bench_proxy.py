@@ -11,6 +11,13 @@ pydockd, the client and the container are. Everything it creates is removed at t
 
     python -m bench.bench_proxy [--size-mib 256] [--rounds 2000] [--docker-proxy PATH] [--json]
 
+Against a real pydock container instead of the testbed (`pydock`: pydockd's own proxy on the
+published 127.0.0.1 port, `direct`: the container's address; the server runs inside the
+container's network namespace, entered with nsenter):
+
+    docker run -d --name bench -p 127.0.0.1:15201:5201 busybox sleep 1d
+    DOCKER_HOST=unix:///run/pydock.sock python -m bench.bench_proxy --container bench
+
 `run(...) -> dict` is the entry point for `make bench`.
 """
 
@@ -284,6 +291,88 @@ async def _wait_ready(proc: asyncio.subprocess.Process) -> None:
         raise RuntimeError(f"docker-proxy did not start: {line!r}")
 
 
+def _docker_socket(host: str | None) -> str:
+    host = host or os.environ.get("DOCKER_HOST") or "unix:///var/run/pydock.sock"
+    if not host.startswith("unix://"):
+        raise SystemExit(f"--container needs a unix:// DOCKER_HOST, not {host}")
+    return host.removeprefix("unix://")
+
+
+def _inspect_container(ref: str, host: str | None) -> dict[str, Any]:
+    import httpx
+
+    transport = httpx.HTTPTransport(uds=_docker_socket(host))
+    with httpx.Client(transport=transport, base_url="http://docker", timeout=30) as api:
+        r = api.get(f"/containers/{ref}/json")
+        r.raise_for_status()
+        info: dict[str, Any] = r.json()
+        return info
+
+
+def _listener_pid(port: int) -> int | None:
+    """The process listening on TCP `port` (pydockd, whose proxy CPU is counted)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+            inodes.add(f"socket:[{fields[9]}]")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) in inodes:
+                    return int(proc.name)
+    return None
+
+
+async def run_container_async(
+    ref: str,
+    *,
+    host: str | None = None,
+    size_mib: int = 256,
+    rounds: int = 2000,
+    connects: int = 200,
+    repeat: int = 3,
+) -> dict[str, Any]:
+    """The `direct` and `pydock` paths of a running pydock container with a published TCP port."""
+    info = await asyncio.to_thread(_inspect_container, ref, host)
+    settings = info["NetworkSettings"]
+    published = [
+        (int(key.split("/")[0]), b) for key, bindings in (settings.get("Ports") or {}).items()
+        if key.endswith("/tcp") for b in bindings or []
+    ]  # fmt: skip
+    if not published:
+        raise SystemExit(f"container {ref} publishes no TCP port (docker run -p 127.0.0.1:P:{SERVER_PORT})")
+    container_port, binding = published[0]
+    host_ip = binding["HostIp"] if binding["HostIp"] not in ("", "0.0.0.0") else "127.0.0.1"
+    host_port = int(binding["HostPort"])
+    ip = settings.get("IPAddress") or next(
+        n["IPAddress"] for n in settings["Networks"].values() if n.get("IPAddress")
+    )
+    server = await asyncio.create_subprocess_exec(
+        "nsenter", f"--net={settings['SandboxKey']}", sys.executable, "-c", SERVER, str(container_port),
+        stdout=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    size = size_mib << 20
+    results: dict[str, Any] = {"size_mib": size_mib, "rounds": rounds, "container": info["Id"][:12]}
+    try:
+        assert server.stdout is not None
+        async with asyncio.timeout(20):
+            if (await server.stdout.readline()).strip() != b"ready":
+                raise RuntimeError("bench server did not start in the container's namespace")
+        results["direct"] = await _measure(ip, container_port, size, rounds, connects, repeat=repeat)
+        results["pydock"] = await _measure(
+            host_ip, host_port, size, rounds, connects, repeat=repeat, pid=_listener_pid(host_port) or -1
+        )
+    finally:
+        if server.returncode is None:
+            server.kill()
+            await server.wait()
+    return results
+
+
 async def run_async(
     *,
     size_mib: int = 256,
@@ -346,19 +435,26 @@ async def run_async(
     return results
 
 
-def run(*, use_uvloop: bool = True, **kwargs: Any) -> dict[str, Any]:
+def run(*, use_uvloop: bool = True, container: str | None = None, **kwargs: Any) -> dict[str, Any]:
     """Run the benchmark in a fresh event loop (uvloop, as pydockd; needs root)."""
+    if container is not None:
+        kwargs.pop("modes", None)
+        kwargs.pop("docker_proxy", None)
+        work = run_container_async(container, **kwargs)
+    else:
+        kwargs.pop("host", None)
+        work = run_async(**kwargs)
     if use_uvloop:
         import uvloop
 
         loop = uvloop.new_event_loop()
         try:
-            res = loop.run_until_complete(run_async(**kwargs))
+            res = loop.run_until_complete(work)
         finally:
             loop.close()
         res["loop"] = "uvloop"
         return res
-    res = asyncio.run(run_async(**kwargs))
+    res = asyncio.run(work)
     res["loop"] = "asyncio"
     return res
 
@@ -373,9 +469,15 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="throughput runs per path (best counts)")
     ap.add_argument("--asyncio", action="store_true", help="the stdlib loop instead of uvloop")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--container", default=None, help="measure a running pydock container instead")
+    ap.add_argument("--host", default=None, help="the daemon for --container (default: $DOCKER_HOST)")
     args = ap.parse_args()
+    if args.container is not None:
+        args.modes = "direct,pydock"
     started = time.perf_counter()
     res = run(
+        container=args.container,
+        host=args.host,
         size_mib=args.size_mib,
         rounds=args.rounds,
         connects=args.connects,

@@ -23,6 +23,7 @@ import ipaddress
 import logging
 import os
 import secrets
+import socket
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ T = TypeVar("T")
 DEFAULT_MTU = 1500
 IFNAMSIZ = 15
 PROC_SYS = Path("/proc/sys")
+LOOPBACK_INDEX = 1  # `lo` is always interface 1 of a network namespace
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +105,14 @@ async def _ensure(op: Awaitable[T], *done: int) -> T | None:
 
 
 async def _index(ipr: Any, ifname: str) -> int | None:
-    found = await ipr.link_lookup(ifname=ifname)
-    return int(found[0]) if found else None
+    # RTM_GETLINK by name: one kernel lookup (link_lookup dumps every link, slow with many veths).
+    try:
+        msgs = await ipr.link("get", ifname=ifname)
+    except NetlinkError as exc:
+        if exc.code in (errno.ENODEV, errno.ENOENT):
+            return None
+        raise
+    return int(msgs[0]["index"]) if msgs else None
 
 
 async def _link_alias(ipr: Any, index: int) -> str | None:
@@ -188,22 +196,36 @@ async def _delete_bridge(record: BridgeRecord) -> bool:
 # --- endpoints ----------------------------------------------------------------------------------
 
 
-async def _attach(endpoint: Endpoint, *, owner: str) -> AttachedEndpoint:
+async def _attach(endpoint: Endpoint, *, owner: str, netns_socket: socket.socket | None) -> AttachedEndpoint:
     _check_ifname(endpoint.ifname)
     host_ifname = endpoint.host_ifname or random_veth_name()
     _check_ifname(host_ifname)
     mac = endpoint.mac or docker_mac(endpoint.address.ip)
+    try:
+        return await _attach_pair(endpoint, host_ifname, mac, owner=owner, netns_socket=netns_socket)
+    finally:
+        if netns_socket is not None:
+            netns_socket.close()  # an open socket would pin the namespace
+
+
+async def _attach_pair(
+    endpoint: Endpoint, host_ifname: str, mac: str, *, owner: str, netns_socket: socket.socket | None
+) -> AttachedEndpoint:
     async with iproute() as ipr:
         bridge_index = await _index(ipr, endpoint.bridge)
         if bridge_index is None:
             raise NotFound(f"bridge {endpoint.bridge} not found")
         nsfd = await asyncio.to_thread(os.open, endpoint.netns_path, os.O_RDONLY | os.O_CLOEXEC)
         try:
+            # One request makes the pair, puts the peer into the namespace, enslaves the host
+            # side to the bridge and brings it up (the peer stays down until configured).
             await ipr.link(
                 "add",
                 ifname=host_ifname,
                 kind="veth",
                 mtu=endpoint.mtu,
+                master=bridge_index,
+                state="up",
                 peer={
                     "ifname": endpoint.ifname,
                     "net_ns_fd": nsfd,
@@ -218,13 +240,9 @@ async def _attach(endpoint: Endpoint, *, owner: str) -> AttachedEndpoint:
         finally:
             os.close(nsfd)
         try:
-            host_index = await _index(ipr, host_ifname)
-            if host_index is None:
-                raise SystemError_(f"veth {host_ifname} vanished")
-            await ipr.link("set", index=host_index, ifalias=owner)
-            await _configure_inside(endpoint, mac)
-            await ipr.link("set", index=host_index, master=bridge_index)
-            await ipr.link("set", index=host_index, state="up")
+            # The kernel ignores IFLA_IFALIAS in RTM_NEWLINK: set it on the new link.
+            await ipr.link("set", ifname=host_ifname, ifalias=owner)
+            await _configure_inside(endpoint, netns_socket)
         except BaseException as exc:
             await asyncio.shield(_delete_link(host_ifname))
             if isinstance(exc, NetlinkError):
@@ -237,11 +255,9 @@ async def _attach(endpoint: Endpoint, *, owner: str) -> AttachedEndpoint:
     return AttachedEndpoint(host_ifname=host_ifname, ifname=endpoint.ifname, mac=mac)
 
 
-async def _configure_inside(endpoint: Endpoint, mac: str) -> None:
-    async with iproute(endpoint.netns_path) as ipr:
-        lo = await _index(ipr, "lo")
-        if lo is not None:
-            await ipr.link("set", index=lo, state="up")
+async def _configure_inside(endpoint: Endpoint, netns_socket: socket.socket | None) -> None:
+    async with iproute(endpoint.netns_path, sock=netns_socket) as ipr:
+        await ipr.link("set", index=LOOPBACK_INDEX, state="up")
         index = await _index(ipr, endpoint.ifname)
         if index is None:
             raise SystemError_(f"{endpoint.ifname} did not appear in {endpoint.netns_path}")
@@ -285,12 +301,17 @@ async def _detach(host_ifname: str, *, owner: str) -> bool:
     return True
 
 
-async def _links_owned_by(owner: str) -> list[str]:
+async def _links_owned_by(owner: str, masters: frozenset[str] | None) -> list[str]:
     names: list[str] = []
     async with iproute() as ipr:
-        async for msg in await ipr.link("dump"):
-            if msg.get("ifalias") == owner:
-                names.append(str(msg.get("ifname")))
+        links = [msg async for msg in await ipr.link("dump")]
+    by_index = {int(msg["index"]): str(msg.get("ifname")) for msg in links}
+    for msg in links:
+        if msg.get("ifalias") != owner:
+            continue
+        if masters is not None and by_index.get(int(msg.get("master") or 0)) not in masters:
+            continue
+        names.append(str(msg.get("ifname")))
     return names
 
 
@@ -365,7 +386,9 @@ async def delete_bridge(record: BridgeRecord) -> bool:
     return await on_netlink_thread(_delete_bridge(record))
 
 
-async def attach(endpoint: Endpoint, *, owner: str) -> AttachedEndpoint:
+async def attach(
+    endpoint: Endpoint, *, owner: str, netns_socket: socket.socket | None = None
+) -> AttachedEndpoint:
     """Plug the namespace `endpoint.netns_path` into `endpoint.bridge` with a veth pair.
 
     The namespace side is created there directly under `endpoint.ifname`, gets the address,
@@ -373,8 +396,10 @@ async def attach(endpoint: Endpoint, *, owner: str) -> AttachedEndpoint:
     when one is given. The host side joins the bridge and comes up. On any failure the pair
     is deleted again, so nothing is left half-made. Raises `NotFound` when the bridge is
     missing, `SystemError_` for other netlink failures. Cancellation also removes the pair.
+    `netns_socket`, a netlink socket already made inside the namespace (see
+    `netns.create_named_netns`), saves entering it; it is closed here.
     """
-    return await on_netlink_thread(_attach(endpoint, owner=owner))
+    return await on_netlink_thread(_attach(endpoint, owner=owner, netns_socket=netns_socket))
 
 
 async def detach(host_ifname: str, *, owner: str) -> bool:
@@ -386,6 +411,8 @@ async def detach(host_ifname: str, *, owner: str) -> bool:
     return await on_netlink_thread(_detach(host_ifname, owner=owner))
 
 
-async def links_owned_by(owner: str) -> list[str]:
-    """Names of host interfaces that carry our alias (stale-veth sweeps, leak tests)."""
-    return await on_netlink_thread(_links_owned_by(owner))
+async def links_owned_by(owner: str, *, masters: set[str] | None = None) -> list[str]:
+    """Names of host interfaces that carry our alias (stale-veth sweeps, leak tests); with
+    `masters`, only those enslaved to one of these bridges."""
+    wanted = frozenset(masters) if masters is not None else None
+    return await on_netlink_thread(_links_owned_by(owner, wanted))

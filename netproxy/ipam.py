@@ -193,8 +193,17 @@ class Ipam:
     `key` is whatever the caller uses to name a network (its ID); owners are endpoint IDs.
     """
 
-    def __init__(self, state_dir: Path, *, default_pools: Sequence[PoolSpec] = DEFAULT_POOLS) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        default_pools: Sequence[PoolSpec] = DEFAULT_POOLS,
+        durable_allocations: bool = True,
+    ) -> None:
         self.state_dir = state_dir
+        # False: allocation changes skip fsync (pools are always durable). For callers that can
+        # rebuild allocations from records of their own after a power loss.
+        self.durable_allocations = durable_allocations
         self.default_pools = tuple(default_pools)
         self._pools: dict[str, Pool] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -223,7 +232,7 @@ class Ipam:
             raise InvalidParameter(f"invalid network key {key!r}")
         return self.state_dir / f"{key}.json"
 
-    async def _persist(self, key: str) -> None:
+    async def _persist(self, key: str, *, durable: bool = True) -> None:
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             pool = self._pools.get(key)
@@ -232,11 +241,11 @@ class Ipam:
                 await asyncio.to_thread(store.remove_tree, path)
                 return
             data = pool.to_json()  # the newest state, taken under the lock
-            await asyncio.to_thread(self._write, path, data)
+            await asyncio.to_thread(self._write, path, data, durable)
 
-    def _write(self, path: Path, data: dict[str, Any]) -> None:
+    def _write(self, path: Path, data: dict[str, Any], durable: bool) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        store.write_json(path, data)
+        store.write_json(path, data, durable=durable)
 
     # pools
 
@@ -310,7 +319,7 @@ class Ipam:
         except ValueError as exc:
             raise InvalidParameter(f"invalid IPv4 address: {ip}") from exc
         address = pool.take(owner, wanted)  # check and act with no await in between
-        await self._persist(key)
+        await self._persist(key, durable=self.durable_allocations)
         return address
 
     async def release(self, key: str, ip: str | IPv4Address) -> None:
@@ -319,7 +328,7 @@ class Ipam:
         if pool is None:
             return
         if pool.allocations.pop(IPv4Address(ip), None) is not None:
-            await self._persist(key)
+            await self._persist(key, durable=self.durable_allocations)
 
     async def release_owner(self, key: str, owner: str) -> list[IPv4Address]:
         """Give back every address `owner` holds in network `key`."""
@@ -330,5 +339,5 @@ class Ipam:
         for ip in gone:
             del pool.allocations[ip]
         if gone:
-            await self._persist(key)
+            await self._persist(key, durable=self.durable_allocations)
         return gone

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import threading
 from collections.abc import AsyncIterator, Coroutine
@@ -25,6 +26,9 @@ from netproxy.netns import run_in_netns
 from runtime.errors import SystemError_
 
 T = TypeVar("T")
+
+# pyroute2 logs every netlink message at DEBUG: far too much for a daemon run with --log-level debug.
+logging.getLogger("pyroute2").setLevel(logging.INFO)
 
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
@@ -60,20 +64,26 @@ async def on_netlink_thread(coro: Coroutine[Any, Any, T]) -> T:
     return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
 
 
-def _open_netlink() -> socket.socket:
+def open_netlink_socket() -> socket.socket:
+    """A route netlink socket in the calling thread's namespace (for `iproute(sock=...)`)."""
     # pyroute2 hands a given socket to asyncio as a datagram endpoint: it must be SOCK_DGRAM.
     return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 0)
 
 
 @contextlib.asynccontextmanager
-async def iproute(netns_path: str | None = None) -> AsyncIterator[Any]:
-    """An AsyncIPRoute in the host namespace or in `netns_path`; use on the netlink thread."""
-    sock: socket.socket | None = None
-    if netns_path is None:
+async def iproute(netns_path: str | None = None, *, sock: socket.socket | None = None) -> AsyncIterator[Any]:
+    """An AsyncIPRoute in the host namespace or in `netns_path`; use on the netlink thread.
+
+    `sock`, a netlink socket already made in that namespace, is used (and closed) instead of
+    entering it.
+    """
+    if sock is not None:
+        ipr = AsyncIPRoute(use_socket=sock)
+    elif netns_path is None:
         ipr = AsyncIPRoute()
     else:
         try:
-            sock = await run_in_netns(netns_path, _open_netlink)
+            sock = await run_in_netns(netns_path, open_netlink_socket)
         except OSError as exc:
             raise SystemError_(f"cannot enter network namespace {netns_path}: {exc}") from exc
         ipr = AsyncIPRoute(use_socket=sock)

@@ -107,25 +107,27 @@ async def run_in_netns(path: str | Path, fn: Callable[[], T], *, timeout_s: floa
 # --- named namespaces ---------------------------------------------------------------------------
 
 
-def _create_named(path: Path) -> None:
+def _create_named(path: Path, inside: Callable[[], T]) -> T:
     path.parent.mkdir(parents=True, exist_ok=True)
     # The mount point: an empty file the namespace is bind-mounted on.
     fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
     os.close(fd)
 
-    def make() -> None:
+    def make() -> T:
         # unshare(CLONE_NEWNET) in this thread only, then pin the new namespace on `path`.
         _check(_libc.unshare(CLONE_NEWNET), "unshare")
         _check(
             _libc.mount(b"/proc/thread-self/ns/net", str(path).encode(), b"none", MS_BIND, None),
             "mount",
         )
+        return inside()
 
+    results: list[T] = []
     errors: list[BaseException] = []
 
     def body() -> None:
         try:
-            make()
+            results.append(make())
         except BaseException as exc:
             errors.append(exc)
         # The thread ends here: its unshared namespace stays alive only through the bind mount.
@@ -134,9 +136,10 @@ def _create_named(path: Path) -> None:
     thread.start()
     thread.join()
     if errors:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        with contextlib.suppress(OSError):
+            _remove_named(path)
         raise errors[0]
+    return results[0]
 
 
 def _remove_named(path: Path) -> None:
@@ -154,12 +157,21 @@ async def create_named_netns(name: str, *, run_dir: Path = NETNS_RUN_DIR) -> Pat
 
     Raises `SystemError_` when it exists already or cannot be made.
     """
+    path, _ = await create_named_netns_with(name, lambda: None, run_dir=run_dir)
+    return path
+
+
+async def create_named_netns_with(
+    name: str, inside: Callable[[], T], *, run_dir: Path = NETNS_RUN_DIR
+) -> tuple[Path, T]:
+    """`create_named_netns`, also running the short blocking `inside` in the new namespace
+    (to make a socket there without entering it again); returns the path and its result."""
     path = run_dir / name
     try:
-        await asyncio.to_thread(_create_named, path)
+        result = await asyncio.to_thread(_create_named, path, inside)
     except OSError as exc:
         raise SystemError_(f"failed to create network namespace {name}: {exc}") from exc
-    return path
+    return path, result
 
 
 async def remove_named_netns(path: Path) -> None:

@@ -13,6 +13,7 @@ import ipaddress
 import json
 import os
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -240,9 +241,11 @@ class Daemon:
                 leftovers.append(f"mount {mount_point}")
                 subprocess.run(["umount", "-l", mount_point], capture_output=True, check=False)
         links = _run_text(["ip", "-o", "link", "show"])
+        # user-defined networks' bridges and the veths carry the daemon's alias
+        ours = re.compile(rf"alias pydock:{self.chain_prefix}(:veth)?(\\|$)")
         for line in links.splitlines():
             name = line.split(":")[1].strip().split("@")[0]
-            if name == self.bridge or (f"master {self.bridge} " in line):
+            if name == self.bridge or (f"master {self.bridge} " in line) or ours.search(line):
                 leftovers.append(f"link {name}")
                 subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
         for table in ("filter", "nat"):

@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -14,10 +15,13 @@ from app.api import create_app
 from runtime.config import DaemonConfig
 from runtime.engine import Engine
 
+# Unit tests touch no bridge, sysctl or iptables rule of the host.
+NO_HOST_NETWORKING: dict[str, Any] = {"bridge": "none", "iptables": False, "ip_forward": False}
+
 
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    config = DaemonConfig(data_root=tmp_path / "data", exec_root=tmp_path / "exec")
+    config = DaemonConfig(data_root=tmp_path / "data", exec_root=tmp_path / "exec", **NO_HOST_NETWORKING)
     engine = Engine(config)
     await engine.start()
     transport = httpx.ASGITransport(app=create_app(engine))
@@ -88,7 +92,7 @@ async def test_bad_filters_are_400(client: httpx.AsyncClient) -> None:
 
 
 async def test_events_since_until_replays_and_ends(tmp_path: Path) -> None:
-    config = DaemonConfig(data_root=tmp_path / "data", exec_root=tmp_path / "exec")
+    config = DaemonConfig(data_root=tmp_path / "data", exec_root=tmp_path / "exec", **NO_HOST_NETWORKING)
     engine = Engine(config)
     await engine.start()
     engine.events.publish("container", "create", "a" * 64, {"name": "one", "image": "busybox"})
