@@ -92,8 +92,28 @@ openapi: $(VENV)/.deps
 docs: $(VENV)/.deps
 	$(BIN)/python -m app.endpoints --write
 
-bench: install
+# Benchmarks (issue 9): bench/results/latest.{json,md,png}. COMPARE=dockerd adds a throwaway real
+# dockerd; Debian's docker.io is installed for it only then (a policy-rc.d keeps its services from
+# starting; one that was already there is put back).
+bench: install $(VENV)/.bench-deps
+ifeq ($(COMPARE),dockerd)
+	@if ! command -v dockerd >/dev/null; then \
+	  echo "installing Debian's docker.io for the comparison (its services are not started)"; \
+	  saved=""; if [ -e /usr/sbin/policy-rc.d ]; then saved=/usr/sbin/policy-rc.d.pydock-bench; \
+	    cp -p /usr/sbin/policy-rc.d $$saved; fi; \
+	  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -q && apt-get install -y --no-install-recommends docker.io; rc=$$?; \
+	  if [ -n "$$saved" ]; then mv $$saved /usr/sbin/policy-rc.d; else rm -f /usr/sbin/policy-rc.d; fi; \
+	  exit $$rc; \
+	fi
+endif
 	$(BIN)/python -m bench $(if $(COMPARE),--compare $(COMPARE))
+
+# matplotlib (the chart) and py-spy (`python -m bench --profile DIR`): the `bench` extra.
+$(VENV)/.bench-deps: $(VENV)/.deps pyproject.toml
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	@touch $@
 
 # One executable zipapp (shiv): pydock + its Python dependencies, for the system's python3 (3.11+).
 # Compiled modules are unpacked at first start to ~/.shiv (or $$SHIV_ROOT); see README.

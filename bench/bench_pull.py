@@ -68,7 +68,8 @@ def _prepare(reg: Registry, work: Path) -> tuple[str, int]:
 
 
 def run(pydock_host: str, dockerd_host: str | None, rounds: int = 3) -> dict[str, Any]:
-    """Time pulls of the benchmark image; returns seconds (median and best) per daemon."""
+    """Time pulls of the benchmark image, daemons interleaved; returns seconds (samples, median
+    and best) per daemon."""
     with tempfile.TemporaryDirectory(prefix="pdbench-") as tmp, running_registry() as reg:
         ref, size = _prepare(reg, Path(tmp))
         result: dict[str, Any] = {
@@ -78,8 +79,13 @@ def run(pydock_host: str, dockerd_host: str | None, rounds: int = 3) -> dict[str
             "rounds": rounds,
         }
         hosts = {"pydock": pydock_host} | ({"dockerd": dockerd_host} if dockerd_host else {})
-        for name, host in hosts.items():
-            times = [_pull_once(host, ref) for _ in range(rounds)]
+        samples: dict[str, list[float]] = {name: [] for name in hosts}
+        for i in range(rounds):  # interleaved, the order rotating, so drifts hit both daemons alike
+            names = list(hosts)[i % len(hosts) :] + list(hosts)[: i % len(hosts)]
+            for name in names:
+                samples[name].append(_pull_once(hosts[name], ref))
+        for name, times in samples.items():
+            result[f"{name}_samples_s"] = [round(t, 4) for t in times]
             result[f"{name}_median_s"] = round(statistics.median(times), 3)
             result[f"{name}_best_s"] = round(min(times), 3)
             result[f"{name}_MBps"] = round(size / 1e6 / statistics.median(times), 1)
