@@ -42,6 +42,11 @@ CHUNK = 1 << 20
 MAX_HEADER_BYTES = 1 << 20  # a PAX/GNU long-name header larger than this is hostile
 DEFAULT_MAX_BYTES = 1 << 40  # decompressed size cap (a gzip bomb stops here)
 MAX_SYMLINK_HOPS = 40
+# While unpacking, the data root's filesystem keeps this much free (the smaller of the two), so
+# that a decompression bomb or an oversized layer fails cleanly before the disk is full.
+MIN_FREE_BYTES = 1 << 30
+MIN_FREE_FRACTION = 0.05
+SPACE_CHECK_EVERY = 8 << 20
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -155,10 +160,14 @@ class _GzipReader(io.RawIOBase):
 class _CappedHashingReader(io.RawIOBase):
     """Counts and hashes what passes through; refuses to go past `max_bytes`; may tee."""
 
-    def __init__(self, src: IO[bytes], max_bytes: int, tee: IO[bytes] | None = None) -> None:
+    def __init__(
+        self, src: IO[bytes], max_bytes: int, tee: IO[bytes] | None = None, space_fd: int | None = None
+    ) -> None:
         self._src = src
         self._max = max_bytes
         self._tee = tee
+        self._space_fd = space_fd  # a directory on the filesystem that must not fill up
+        self._next_space_check = 0
         self.hasher = hashlib.sha256()
         self.count = 0
 
@@ -175,6 +184,10 @@ class _CappedHashingReader(io.RawIOBase):
         self.count += len(data)
         if self.count > self._max:
             raise InvalidLayer(f"layer is larger than the limit of {self._max} bytes uncompressed")
+        if self._space_fd is not None and self.count >= self._next_space_check:
+            headroom = _check_free_space(self._space_fd, self.count)
+            # look again well before the headroom could be used up (a tee may double the writes)
+            self._next_space_check = self.count + max(64 << 10, min(SPACE_CHECK_EVERY, headroom // 4))
         self.hasher.update(data)
         if self._tee is not None:
             self._tee.write(data)
@@ -213,6 +226,19 @@ _META_TYPES = (
     tarfile.GNUTYPE_LONGNAME,
     tarfile.GNUTYPE_LONGLINK,
 )
+
+
+def _check_free_space(fd: int, unpacked: int) -> int:
+    """Raise InvalidLayer when the filesystem of `fd` is down to its reserve; else the headroom."""
+    vfs = os.fstatvfs(fd)
+    free = vfs.f_bavail * vfs.f_frsize
+    reserve = min(MIN_FREE_BYTES, int(vfs.f_blocks * vfs.f_frsize * MIN_FREE_FRACTION))
+    if free < reserve:
+        raise InvalidLayer(
+            f"not enough disk space to unpack the layer: {free} bytes left after {unpacked} bytes "
+            "uncompressed (a decompression bomb, or a layer too large for this disk)"
+        )
+    return free - reserve
 
 
 class _SafeTarInfo(tarfile.TarInfo):
@@ -565,9 +591,9 @@ def unpack(
     Raises InvalidLayer for malformed or hostile input; the caller removes the half-made target.
     """
     decompressed, kind = open_decompressed(src)
-    counted = _CappedHashingReader(decompressed, max_bytes, tee)
-    reader = io.BufferedReader(counted, CHUNK)
     root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    counted = _CappedHashingReader(decompressed, max_bytes, tee, space_fd=root_fd)
+    reader = io.BufferedReader(counted, CHUNK)
     unpacker = _Unpacker(root_fd, whiteouts)
     try:
         try:
