@@ -11,7 +11,7 @@ from starlette.types import ASGIApp
 
 from app import errors
 from app.middleware import API_VERSION, ApiVersionMiddleware
-from app.routers import attach, containers, images, networks, system
+from app.routers import attach, containers, exec, images, networks, resources, system
 from runtime.engine import VERSION, Engine
 
 
@@ -31,6 +31,8 @@ def create_fastapi(engine: Engine | None = None) -> FastAPI:
     app.include_router(images.router)
     app.include_router(containers.router)
     app.include_router(attach.router)
+    app.include_router(exec.router)
+    app.include_router(resources.router)
     app.include_router(networks.router)
     return app
 

@@ -6,6 +6,7 @@ from fastapi import Request
 
 from runtime.containers import ContainerService
 from runtime.engine import Engine
+from runtime.execs import ExecService
 
 
 def get_engine(request: Request) -> Engine:
@@ -15,6 +16,10 @@ def get_engine(request: Request) -> Engine:
 
 def get_containers(request: Request) -> ContainerService:
     return get_engine(request).containers
+
+
+def get_execs(request: Request) -> ExecService:
+    return get_engine(request).execs
 
 
 def api_version(request: Request) -> str:

@@ -151,3 +151,18 @@ def host_devices(dev: Path = Path("/dev")) -> list[DeviceNode]:
             if node is not None:
                 out.append(node)
     return out
+
+
+def block_device_numbers(paths: Iterable[str]) -> dict[str, tuple[int, int]]:
+    """(major, minor) of the block devices named by `--blkio-weight-device` and the
+    `--device-*-bps/iops` limits. Raises InvalidParameter with dockerd's wording."""
+    out: dict[str, tuple[int, int]] = {}
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise InvalidParameter(f"stat {path}: {exc.strerror or exc}") from exc
+        if not stat.S_ISBLK(st.st_mode):
+            raise InvalidParameter(f"{path} is not a block device")
+        out[path] = (os.major(st.st_rdev), os.minor(st.st_rdev))
+    return out

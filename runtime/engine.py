@@ -18,6 +18,7 @@ from runtime import procs, store
 from runtime.config import DaemonConfig
 from runtime.containers import ContainerService
 from runtime.events import EventBus
+from runtime.execs import ExecService
 from runtime.hostfacts import HostFacts
 from runtime.images import ImageService
 from runtime.networks import NetworkService
@@ -104,6 +105,8 @@ class Engine:
         self.containers = ContainerService(config, self.events, self.images, self.host_facts)
         self.networks = NetworkService(config, self.events, self.containers)
         self.containers.network = self.networks
+        self.execs = ExecService(self.containers)
+        self.containers.lifecycle = self.execs  # ends execs, runs health checks
         self.engine_id = ""
         self.started_at = time.time()
         self.version = VERSION
@@ -127,6 +130,7 @@ class Engine:
     async def shutdown(self) -> None:
         """Stop services in reverse order. With live restore, containers keep running."""
         self._stopping.set()
+        await self.execs.close()
         await self.containers.shutdown(live_restore=self.config.live_restore)
         await self.networks.shutdown()
         await self.images.close()

@@ -22,6 +22,7 @@ from runtime import rootfs as rootfs_mod
 from runtime import store
 from runtime.cgroups import CgroupLayout, container_cgroup_path, oom_kill_count, remove_cgroup_async
 from runtime.config import DaemonConfig
+from runtime.devices import block_device_numbers, host_devices, lookup_devices
 from runtime.errors import PydockError, SystemError_
 from runtime.events import EventBus
 from runtime.fdkeeper import FdKeeper
@@ -33,6 +34,7 @@ from runtime.oci import OciRuntime
 from runtime.records import Container
 from runtime.rootfs import RootFs
 from runtime.spec import SpecInputs, build_spec
+from runtime.specresources import block_device_paths
 from runtime.stdio import StdioHub
 from runtime.userdb import resolve_user
 
@@ -179,6 +181,9 @@ class Launcher:
             init_path=Path(cfg.init_binary) if hc.Init else None,
             host=self.ctx.host_facts,
             default_ulimits=cfg.default_ulimits,
+            devices=tuple(lookup_devices(hc.Devices or [])),
+            host_devices=tuple(host_devices()) if hc.Privileged else (),
+            block_devices=block_device_numbers(block_device_paths(hc)),
         )
         spec = build_spec(c.config, hc, inputs).to_json()
         store.write_json(rdir / "config.json", spec, durable=False)

@@ -1,0 +1,371 @@
+"""One process started inside a running container (`docker exec`, health probes): spawn, stdio, exit.
+
+`runc exec --detach --pid-file` starts the process and exits; pydockd is child subreaper, so the
+process then is pydockd's own child: a pidfd tells when it exits and `waitid(P_PIDFD)` reaps it
+with its real status (as the supervisor does for inits, `runtime.exitstatus`). Its stdio are
+plain pipes (created here, the far ends handed to runc, which passes them on), or with a TTY the
+pty master that runc sends over a `--console-socket`.
+
+Output goes to one `Sink` (the exec start's hijacked connection, a health probe's buffer) or is
+read and dropped when nobody listens, so the process never blocks on a full pipe. Back-pressure:
+while the sink is congested the pipes are not read. Once the process exited, whatever it left in
+the pipes is read at once (it is all there: writes to a pipe complete before the writer exits),
+every fd is closed and the sink ends. A background child that still holds the pipes loses its
+later output, as the session is over.
+
+This module knows nothing of exec records or HTTP; `runtime/execs.py` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import signal
+import struct
+import termios
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime import exitstatus
+from runtime.console import receive_console_master
+from runtime.oci import OciRuntime, Stdio
+from runtime.ocispec import Process
+from runtime.stdio import Sink
+
+log = logging.getLogger("pydock.exec")
+
+READ_CHUNK = 1 << 16
+PIPE_SIZE = 1 << 20
+F_SETPIPE_SZ = 1031
+STREAM_STDOUT, STREAM_STDERR = 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class ExecStreams:
+    """Which stdio an exec process gets. Without `stdout`/`stderr` it writes to /dev/null."""
+
+    tty: bool = False
+    stdin: bool = False
+    stdout: bool = True
+    stderr: bool = True
+    merged: bool = False  # stdout and stderr share one pipe, so their order is kept (health probes)
+
+
+@dataclass(slots=True)
+class _Reader:
+    fd: int
+    stream: int
+    paused: bool = False
+    eof: bool = False
+
+
+def _pipe() -> tuple[int, int]:
+    r, w = os.pipe2(os.O_CLOEXEC)
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)
+    return r, w
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _reap_later(pidfd: int) -> None:
+    """Reap a killed child once it is gone (and close its pidfd), without waiting for it."""
+    loop = asyncio.get_running_loop()
+
+    def reap() -> None:
+        loop.remove_reader(pidfd)
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
+        _close(pidfd)
+
+    loop.add_reader(pidfd, reap)
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+class ExecProcess:
+    """A process in a container, from `spawn` to its reaped exit; see the module docstring."""
+
+    def __init__(
+        self,
+        streams: ExecStreams,
+        sink: Sink | None = None,
+        *,
+        on_exit: Callable[[int], None] | None = None,
+    ) -> None:
+        self.streams = streams
+        self._on_exit_cb = on_exit
+        self.pid = 0
+        self.exit_code: int | None = None
+        self._sink = sink
+        self._readers: list[_Reader] = []
+        self._stdin_fd: int | None = None
+        self._master: int | None = None
+        self._pidfd: int | None = None
+        self._size: tuple[int, int] | None = None
+        self._resume: asyncio.Task[None] | None = None
+        self._done: asyncio.Future[int] | None = None
+
+    # --- start ------------------------------------------------------------------------------------
+
+    async def spawn(
+        self,
+        runtime: OciRuntime,
+        cid: str,
+        process: Process,
+        *,
+        pid_file: Path,
+        console_socket: Path | None = None,
+    ) -> int:
+        """Start the process; returns its host pid. Raises what `runtime.exec` raises (an
+        `OciRuntimeError` with runc's message when the command cannot run); nothing is left open
+        then. Cancelled, it kills what it may have started."""
+        loop = asyncio.get_running_loop()
+        self._done = loop.create_future()
+        s = self.streams
+        theirs: list[int] = []
+        stdio = Stdio()
+        console: asyncio.Task[int] | None = None
+        try:
+            if s.tty:
+                if console_socket is None:
+                    raise ValueError("a TTY exec needs a console socket")
+                console = receive_console_master(console_socket)
+            else:
+                stdin_fd = stdout_fd = stderr_fd = None
+                if s.stdin:
+                    r, w = _pipe()
+                    theirs.append(r)
+                    self._stdin_fd, stdin_fd = w, r
+                if s.stdout or s.merged:
+                    r, w = _pipe()
+                    theirs.append(w)
+                    self._readers.append(_Reader(r, STREAM_STDOUT))
+                    stdout_fd = w
+                    if s.merged:
+                        stderr_fd = w
+                if s.stderr and not s.merged:
+                    r, w = _pipe()
+                    theirs.append(w)
+                    self._readers.append(_Reader(r, STREAM_STDERR))
+                    stderr_fd = w
+                stdio = Stdio(stdin_fd, stdout_fd, stderr_fd)
+            pid = await runtime.exec(
+                cid,
+                process,
+                pid_file=pid_file,
+                console_socket=console_socket if s.tty else None,
+                stdio=stdio,
+            )
+            # Our child now (subreaper), a zombie at worst: the pid cannot be reused before we reap.
+            self._pidfd = os.pidfd_open(pid)
+            self.pid = pid
+            if console is not None:
+                self._master = await console
+                os.set_blocking(self._master, False)
+                self._readers.append(_Reader(self._master, STREAM_STDOUT))
+                if self._size is not None:
+                    self.resize(*self._size)
+        except BaseException:
+            if console is not None:
+                console.cancel()
+            if self._pidfd is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+                _reap_later(self._pidfd)
+                self._pidfd = None
+            self._close_all()
+            if not self._done.done():
+                self._done.cancel()
+            raise
+        finally:
+            for fd in theirs:
+                _close(fd)
+        for reader in self._readers:
+            os.set_blocking(reader.fd, False)
+            loop.add_reader(reader.fd, self._on_readable, reader)
+        if self._stdin_fd is not None:
+            os.set_blocking(self._stdin_fd, False)
+        loop.add_reader(self._pidfd, self._on_exit)
+        return pid
+
+    # --- output -----------------------------------------------------------------------------------
+
+    def _on_readable(self, reader: _Reader) -> None:
+        self._read_some(reader, limit=4)
+        sink = self._sink
+        if not reader.eof and sink is not None and sink.congested:
+            self._pause()
+
+    def _read_some(self, reader: _Reader, limit: int) -> int:
+        total = 0
+        for _ in range(limit):
+            try:
+                data = os.read(reader.fd, READ_CHUNK)
+            except BlockingIOError:
+                return total
+            except OSError as exc:
+                if exc.errno != errno.EIO:  # EIO: every pty slave is closed
+                    log.warning("exec output read failed: %s", exc)
+                data = b""
+            if not data:
+                self._mark_eof(reader)
+                return total
+            total += len(data)
+            if self._sink is not None:
+                try:
+                    self._sink.send(reader.stream, data)
+                except Exception:  # a broken client must not break the process's output
+                    log.exception("exec sink failed")
+                    self._sink = None
+        return total
+
+    def _mark_eof(self, reader: _Reader) -> None:
+        if reader.eof:
+            return
+        reader.eof = True
+        if not reader.paused:
+            with contextlib.suppress(ValueError, RuntimeError):
+                asyncio.get_running_loop().remove_reader(reader.fd)
+
+    def _pause(self) -> None:
+        loop = asyncio.get_running_loop()
+        for reader in self._readers:
+            if not reader.eof and not reader.paused:
+                reader.paused = True
+                loop.remove_reader(reader.fd)
+        if self._resume is None:
+            self._resume = asyncio.create_task(self._resume_when_drained())
+
+    async def _resume_when_drained(self) -> None:
+        try:
+            if self._sink is not None:
+                with contextlib.suppress(Exception):
+                    await self._sink.drain()
+        finally:
+            self._resume = None
+            if self.exit_code is None:
+                loop = asyncio.get_running_loop()
+                for reader in self._readers:
+                    if reader.paused:
+                        reader.paused = False
+                        if not reader.eof:
+                            loop.add_reader(reader.fd, self._on_readable, reader)
+
+    # --- exit -------------------------------------------------------------------------------------
+
+    def _on_exit(self) -> None:
+        pidfd = self._pidfd
+        if pidfd is None:
+            return
+        asyncio.get_running_loop().remove_reader(pidfd)
+        learned = exitstatus.collect(pidfd, self.pid)
+        # None: not our child and reaped by its parent first (no subreaper): the status is lost.
+        self.exit_code = learned[0] if learned is not None else 255
+        _close(pidfd)
+        self._pidfd = None
+        for reader in self._readers:
+            while not reader.eof and self._read_some(reader, limit=64):
+                pass
+        self._close_all()
+        if self._on_exit_cb is not None:
+            try:
+                self._on_exit_cb(self.exit_code)
+            except Exception:
+                log.exception("exec exit callback failed")
+        if self._sink is not None:
+            with contextlib.suppress(Exception):
+                self._sink.end()
+        if self._done is not None and not self._done.done():
+            self._done.set_result(self.exit_code)
+
+    async def wait(self) -> int:
+        """The exit code, once the process exited and its output went to the sink."""
+        assert self._done is not None, "spawn() first"
+        return await asyncio.shield(self._done)
+
+    @property
+    def running(self) -> bool:
+        return self._pidfd is not None
+
+    # --- input and control ------------------------------------------------------------------------
+
+    async def write_stdin(self, data: bytes) -> None:
+        """Write to the process's stdin (the pty with a TTY), waiting while its pipe is full."""
+        fd = self._stdin_fd if not self.streams.tty else self._master
+        view = memoryview(data)
+        loop = asyncio.get_running_loop()
+        while view and fd is not None and self.exit_code is None:
+            try:
+                view = view[os.write(fd, view[:READ_CHUNK]) :]
+            except BlockingIOError:
+                writable: asyncio.Future[None] = loop.create_future()
+                loop.add_writer(fd, _resolve, writable)
+                try:
+                    await writable
+                finally:
+                    loop.remove_writer(fd)
+            except OSError:  # the process closed its stdin: it does not want the rest
+                self.close_stdin()
+                return
+            fd = self._stdin_fd if not self.streams.tty else self._master
+
+    def close_stdin(self) -> None:
+        """EOF on a pipe stdin (a TTY has no EOF to give: the caller ends its session instead)."""
+        fd, self._stdin_fd = self._stdin_fd, None
+        _close(fd)
+
+    def signal(self, signum: int) -> None:
+        if self._pidfd is not None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._pidfd, signum)
+
+    def resize(self, height: int, width: int) -> None:
+        """Set the pty size now, or once the pty master arrives."""
+        self._size = (height, width)
+        if self._master is not None:
+            with contextlib.suppress(OSError):
+                fcntl.ioctl(self._master, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+
+    def detach_sink(self) -> None:
+        """The listener went away: read and drop the output from now on."""
+        self._sink = None
+        if self._resume is not None:
+            self._resume.cancel()
+
+    def close(self) -> None:
+        """Abandon the process (daemon shutdown): stop watching it and close our fds."""
+        if self._pidfd is not None:
+            with contextlib.suppress(ValueError, RuntimeError):
+                asyncio.get_running_loop().remove_reader(self._pidfd)
+            _close(self._pidfd)
+            self._pidfd = None
+        self._close_all()
+        if self._done is not None and not self._done.done():
+            self._done.cancel()
+
+    def _close_all(self) -> None:
+        loop = asyncio.get_running_loop()
+        for reader in self._readers:
+            if not reader.eof and not reader.paused:
+                with contextlib.suppress(ValueError, RuntimeError):
+                    loop.remove_reader(reader.fd)
+            _close(reader.fd)
+        self._readers.clear()
+        self._master = None  # it was one of the readers
+        self.close_stdin()
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
