@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 from pyroute2.netlink.exceptions import NetlinkError
 
+from netproxy import ifconfig
 from netproxy.netlink import iproute, on_netlink_thread
 from runtime.errors import InvalidParameter, NotFound, SystemError_
 
@@ -41,6 +42,7 @@ T = TypeVar("T")
 DEFAULT_MTU = 1500
 IFNAMSIZ = 15
 PROC_SYS = Path("/proc/sys")
+SYS_CLASS_NET = Path("/sys/class/net")
 LOOPBACK_INDEX = 1  # `lo` is always interface 1 of a network namespace
 
 
@@ -115,6 +117,20 @@ async def _index(ipr: Any, ifname: str) -> int | None:
     return int(msgs[0]["index"]) if msgs else None
 
 
+# Bridge name -> ifindex, read and written on the netlink thread only: saves a lookup per
+# container start. Forgotten when we make or delete that bridge, and after a failed use.
+_bridge_indexes: dict[str, int] = {}
+
+
+async def _bridge_index(ipr: Any, name: str, *, fresh: bool = False) -> int | None:
+    index = None if fresh else _bridge_indexes.get(name)
+    if index is None:
+        index = await _index(ipr, name)
+        if index is not None:
+            _bridge_indexes[name] = index
+    return index
+
+
 async def _link_alias(ipr: Any, index: int) -> str | None:
     msgs = await ipr.link("get", index=index)
     for msg in msgs:
@@ -135,6 +151,7 @@ async def _ensure_bridge(
     previous: BridgeRecord | None = None,
 ) -> BridgeRecord:
     _check_ifname(name)
+    _bridge_indexes.pop(name, None)
     async with iproute() as ipr:
         try:
             index = await _index(ipr, name)
@@ -178,6 +195,7 @@ async def _ensure_bridge(
 async def _delete_bridge(record: BridgeRecord) -> bool:
     if not record.created:
         return False
+    _bridge_indexes.pop(record.name, None)
     async with iproute() as ipr:
         try:
             index = await _index(ipr, record.name)
@@ -196,57 +214,61 @@ async def _delete_bridge(record: BridgeRecord) -> bool:
 # --- endpoints ----------------------------------------------------------------------------------
 
 
-async def _attach(endpoint: Endpoint, *, owner: str, netns_socket: socket.socket | None) -> AttachedEndpoint:
+async def _attach(endpoint: Endpoint, *, owner: str, inet_socket: socket.socket | None) -> AttachedEndpoint:
     _check_ifname(endpoint.ifname)
     host_ifname = endpoint.host_ifname or random_veth_name()
     _check_ifname(host_ifname)
     mac = endpoint.mac or docker_mac(endpoint.address.ip)
-    try:
-        return await _attach_pair(endpoint, host_ifname, mac, owner=owner, netns_socket=netns_socket)
-    finally:
-        if netns_socket is not None:
-            netns_socket.close()  # an open socket would pin the namespace
-
-
-async def _attach_pair(
-    endpoint: Endpoint, host_ifname: str, mac: str, *, owner: str, netns_socket: socket.socket | None
-) -> AttachedEndpoint:
     async with iproute() as ipr:
-        bridge_index = await _index(ipr, endpoint.bridge)
-        if bridge_index is None:
-            raise NotFound(f"bridge {endpoint.bridge} not found")
-        nsfd = await asyncio.to_thread(os.open, endpoint.netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        nsfd = os.open(endpoint.netns_path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            # One request makes the pair, puts the peer into the namespace, enslaves the host
-            # side to the bridge and brings it up (the peer stays down until configured).
-            await ipr.link(
-                "add",
-                ifname=host_ifname,
-                kind="veth",
-                mtu=endpoint.mtu,
-                master=bridge_index,
-                state="up",
-                peer={
-                    "ifname": endpoint.ifname,
-                    "net_ns_fd": nsfd,
-                    "address": mac,
-                    "mtu": endpoint.mtu,
-                },
-            )
-        except NetlinkError as exc:
-            raise _netlink_error(
-                f"failed to create veth {host_ifname} for {endpoint.netns_path}", exc
-            ) from exc
+            for fresh in (False, True):
+                bridge_index = await _bridge_index(ipr, endpoint.bridge, fresh=fresh)
+                if bridge_index is None:
+                    raise NotFound(f"bridge {endpoint.bridge} not found")
+                try:
+                    # One request makes the pair, puts the peer into the namespace, enslaves the
+                    # host side to the bridge and brings it up (the peer stays down until
+                    # configured).
+                    await ipr.link(
+                        "add",
+                        ifname=host_ifname,
+                        kind="veth",
+                        mtu=endpoint.mtu,
+                        master=bridge_index,
+                        state="up",
+                        peer={
+                            "ifname": endpoint.ifname,
+                            "net_ns_fd": nsfd,
+                            "address": mac,
+                            "mtu": endpoint.mtu,
+                        },
+                    )
+                    break
+                except NetlinkError as exc:
+                    _bridge_indexes.pop(endpoint.bridge, None)
+                    if fresh or exc.code == errno.EEXIST:
+                        raise _netlink_error(
+                            f"failed to create veth {host_ifname} for {endpoint.netns_path}", exc
+                        ) from exc
         finally:
             os.close(nsfd)
         try:
-            # The kernel ignores IFLA_IFALIAS in RTM_NEWLINK: set it on the new link.
-            await ipr.link("set", ifname=host_ifname, ifalias=owner)
-            await _configure_inside(endpoint, netns_socket)
+            # The kernel ignores IFLA_IFALIAS in RTM_NEWLINK: set it on the new link (through
+            # sysfs: one write instead of a netlink round trip).
+            _set_alias(host_ifname, owner)
+            if inet_socket is not None:
+                ifconfig.configure(
+                    inet_socket, endpoint.ifname, endpoint.address, endpoint.gateway
+                )  # a few syscalls
+            else:
+                await _configure_inside(endpoint)
         except BaseException as exc:
             await asyncio.shield(_delete_link(host_ifname))
             if isinstance(exc, NetlinkError):
                 raise _netlink_error(f"failed to set up endpoint {host_ifname}", exc) from exc
+            if isinstance(exc, OSError):
+                raise SystemError_(f"failed to set up endpoint {host_ifname}: {exc}") from exc
             raise
     log.info(
         "endpoint attached",
@@ -255,8 +277,15 @@ async def _attach_pair(
     return AttachedEndpoint(host_ifname=host_ifname, ifname=endpoint.ifname, mac=mac)
 
 
-async def _configure_inside(endpoint: Endpoint, netns_socket: socket.socket | None) -> None:
-    async with iproute(endpoint.netns_path, sock=netns_socket) as ipr:
+def _set_alias(ifname: str, alias: str) -> None:
+    try:
+        (SYS_CLASS_NET / ifname / "ifalias").write_text(alias + "\n")
+    except OSError as exc:
+        raise SystemError_(f"cannot set the alias of {ifname}: {exc}") from exc
+
+
+async def _configure_inside(endpoint: Endpoint) -> None:
+    async with iproute(endpoint.netns_path) as ipr:
         await ipr.link("set", index=LOOPBACK_INDEX, state="up")
         index = await _index(ipr, endpoint.ifname)
         if index is None:
@@ -387,7 +416,7 @@ async def delete_bridge(record: BridgeRecord) -> bool:
 
 
 async def attach(
-    endpoint: Endpoint, *, owner: str, netns_socket: socket.socket | None = None
+    endpoint: Endpoint, *, owner: str, inet_socket: socket.socket | None = None
 ) -> AttachedEndpoint:
     """Plug the namespace `endpoint.netns_path` into `endpoint.bridge` with a veth pair.
 
@@ -396,10 +425,11 @@ async def attach(
     when one is given. The host side joins the bridge and comes up. On any failure the pair
     is deleted again, so nothing is left half-made. Raises `NotFound` when the bridge is
     missing, `SystemError_` for other netlink failures. Cancellation also removes the pair.
-    `netns_socket`, a netlink socket already made inside the namespace (see
-    `netns.create_named_netns`), saves entering it; it is closed here.
+    `inet_socket`, an AF_INET socket already made inside the namespace (see
+    `netns.create_named_netns_with`), configures it by ioctl without entering it (`ifconfig.py`);
+    the caller closes it (an open socket pins the namespace).
     """
-    return await on_netlink_thread(_attach(endpoint, owner=owner, netns_socket=netns_socket))
+    return await on_netlink_thread(_attach(endpoint, owner=owner, inet_socket=inet_socket))
 
 
 async def detach(host_ifname: str, *, owner: str) -> bool:

@@ -19,11 +19,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from netproxy import bridge
+from netproxy import bridge, ifconfig
 from netproxy.dns import DnsServer
 from netproxy.ipam import Ipam
-from netproxy.iptables import IptablesManager, PortRule
-from netproxy.netlink import open_netlink_socket
+from netproxy.iptables import IptablesManager, PortRule, Proto, flush_conntrack
 from netproxy.netns import create_named_netns_with, remove_named_netns
 from netproxy.ports import PortAllocator
 from netproxy.proxy import start_proxy
@@ -71,18 +70,18 @@ class Plumbing:
                 endpoint_id=primary.eid,
             )
             clock.mark("ports")
-        # The netlink socket for configuring the inside is made while the namespace is made.
+        # The socket that configures the inside (by ioctl) is made while the namespace is made.
         path, sock = await create_named_netns_with(
-            sandbox.sid[:12], open_netlink_socket, run_dir=self.netns_dir
+            sandbox.sid[:12], ifconfig.inet_socket, run_dir=self.netns_dir
         )
         sandbox.netns = str(path)
         clock.mark("netns")
         try:
             for i, ep in enumerate(endpoints):
                 ep.ifname = f"eth{i}"
-                await self.plug(sandbox, ep, netns_socket=sock if i == 0 else None)
+                await self.plug(sandbox, ep, inet_socket=sock)
         finally:
-            sock.close()  # used (and closed) by the first plug; closed here when that failed
+            sock.close()  # it would pin the namespace
         clock.mark("veth")
         if sandbox.ports:
             await self.publish(sandbox, primary)
@@ -103,9 +102,7 @@ class Plumbing:
             mac = sandbox.container.config.MacAddress  # `--mac-address` (API < 1.44) is the primary's
         ep.mac = mac.lower() if mac else bridge.docker_mac(ip)
 
-    async def plug(
-        self, sandbox: Sandbox, ep: Endpoint, *, netns_socket: socket.socket | None = None
-    ) -> None:
+    async def plug(self, sandbox: Sandbox, ep: Endpoint, *, inet_socket: socket.socket | None = None) -> None:
         assert sandbox.netns is not None and ep.ip is not None
         net = ep.network
         ep.veth = veth_name(ep.eid)
@@ -121,7 +118,7 @@ class Plumbing:
                 host_ifname=ep.veth,
             ),
             owner=self.owner,
-            netns_socket=netns_socket,
+            inet_socket=inet_socket,
         )
 
     async def publish(self, sandbox: Sandbox, ep: Endpoint, *, sync: bool = True) -> None:
@@ -135,8 +132,13 @@ class Plumbing:
             if sync:
                 await self.iptables.sync()
 
-    @staticmethod
-    def port_rules(sandbox: Sandbox, ep: Endpoint) -> list[PortRule]:
+    def port_rules(self, sandbox: Sandbox, ep: Endpoint) -> list[PortRule]:
+        """The DNAT/ACCEPT rules of the sandbox's published ports.
+
+        With the userland proxy, ports bound to a loopback address need none: connections to
+        127.0.0.1 never pass PREROUTING or FORWARD, and our OUTPUT jump leaves 127/8 to the
+        proxy. So `-p 127.0.0.1:P:80` costs no iptables call at all.
+        """
         assert ep.ip is not None
         return [
             PortRule(
@@ -148,6 +150,7 @@ class Plumbing:
                 host_ip=ipaddress.IPv4Address(hp.host_ip),
             )
             for hp in sandbox.ports
+            if not (self.config.userland_proxy and ipaddress.IPv4Address(hp.host_ip).is_loopback)
         ]
 
     async def teardown(self, sandbox: Sandbox, *, shared: bool) -> None:
@@ -185,7 +188,11 @@ class Plumbing:
         if ports and self.iptables is not None:
             self.iptables.drop_ports(sandbox.cid)
             with logged("iptables sync"):
-                await self.iptables.sync()
+                await self.iptables.sync()  # no process at all when the rules did not change
+            for hp in ports:
+                if hp.proto is Proto.UDP and not ipaddress.IPv4Address(hp.host_ip).is_loopback:
+                    # DNAT'ed UDP flows outlive the rule in conntrack (as dockerd, flush them).
+                    await flush_conntrack(hp.proto, hp.host_port)
 
     # --- DNS ---
 
