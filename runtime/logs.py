@@ -16,6 +16,7 @@ import asyncio
 import calendar
 import contextlib
 import json
+import logging
 import os
 import re
 import time
@@ -23,6 +24,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+log = logging.getLogger("pydock.logs")
 
 MAX_LINE = 16 * 1024
 STDOUT, STDERR = "stdout", "stderr"
@@ -136,6 +139,8 @@ class LogWriter:
         self._waiters: set[asyncio.Future[None]] = set()
         self.seq = 0  # bumps on every append, rotation and close
         self.generation = 0  # bumps on each rotation so followers reopen
+        self.dropped = 0  # bytes the disk refused
+        self._last_drop_report = -1e9
         self.closed = False
 
     def write(self, stream: str, data: bytes, now_ns: int | None = None) -> None:
@@ -192,10 +197,19 @@ class LogWriter:
 
     def _append(self, blob: bytes) -> None:
         view = memoryview(blob)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        self._size += len(blob)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as exc:
+            # A full disk: the container's output still reaches attached clients; the log
+            # loses these records (as dockerd's json-file driver does) and says so, once a minute.
+            self.dropped += len(view)
+            now = time.monotonic()
+            if now - self._last_drop_report > 60:
+                self._last_drop_report = now
+                log.error("log write failed, output dropped: %s", exc, extra={"log": str(self.path)})
+        self._size += len(blob) - len(view)
         self.notify()
 
     def _rotate(self) -> None:
