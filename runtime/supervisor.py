@@ -229,7 +229,14 @@ class Supervisor:
         return self.container.state.status
 
     async def persist_state(self) -> None:
-        await asyncio.to_thread(self.container.save_state)
+        """Write state.json. A failure (a full disk) is logged, not raised: the in-memory state
+        stays authoritative and the next change writes it again."""
+        try:
+            await asyncio.to_thread(self.container.save_state)
+        except OSError as exc:
+            log.error(
+                "could not persist container state: %s", exc, extra={"container": self.container.short_id}
+            )
 
     def _event(self, action: str, **extra: str) -> None:
         c = self.container
