@@ -75,6 +75,7 @@ class NetworkService:
         self.bridge_owner = f"pydock:{config.chain_prefix}"
         self._networks: dict[str, Network] = {}
         self._lock = asyncio.Lock()  # network create/remove: one at a time
+        self._renames: asyncio.Task[None] | None = None
         self.sandboxes = Sandboxes(
             config, events, self, self.ipam, self.iptables, lambda ref: containers.get(ref).container
         )
@@ -160,6 +161,12 @@ class NetworkService:
                 except PydockError as exc:
                     log.error("network %s: bridge setup failed: %s", net.name, exc)
         await self._sweep_bridges()
+        self._renames = asyncio.create_task(self._follow_renames(), name="network-dns-renames")
+
+    async def _follow_renames(self) -> None:
+        """A renamed container answers to its new name in the embedded DNS (as dockerd)."""
+        async for _ in self.events.subscribe(accept=lambda e: e.type == "container" and e.action == "rename"):
+            self.sandboxes.refresh_dns()
 
     def _load(self) -> list[Network]:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -250,6 +257,11 @@ class NetworkService:
 
     async def shutdown(self) -> None:
         """Stop proxies and DNS; live containers keep namespaces, veths and rules (live restore)."""
+        if self._renames is not None:
+            self._renames.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renames
+            self._renames = None
         await self.sandboxes.shutdown()
 
     # --- API --------------------------------------------------------------------------------------

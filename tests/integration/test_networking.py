@@ -302,6 +302,21 @@ def test_containers_on_a_user_network_reach_each_other_by_name_and_alias(
     assert b"127.0.0.11" not in r.stdout
 
 
+def test_a_renamed_container_answers_to_its_new_name(daemon: Daemon, objs: Objects) -> None:
+    net, _ = objs.network()
+    old = objs.run("--network", net, "busybox", "sleep", "300")
+    new = uniq("renamed")
+    daemon.docker("rename", old, new)
+    objs.containers.append(new)
+    ip = ip_of(daemon, new, net)
+    out = daemon.docker(
+        "run", "--rm", "--network", net, "busybox", "nslookup", new, "127.0.0.11"
+    ).stdout.decode()
+    assert ip in out
+    r = daemon.docker("run", "--rm", "--network", net, "busybox", "nslookup", old, "127.0.0.11", check=False)
+    assert ip not in r.stdout.decode()
+
+
 def test_networks_are_isolated_from_each_other(daemon: Daemon, objs: Objects) -> None:
     net1, _ = objs.network()
     net2, _ = objs.network()

@@ -283,3 +283,18 @@ async def test_networks_api_without_host_networking(client: httpx.AsyncClient) -
     assert r.status_code == 200 and r.json() == {"NetworksDeleted": None}
     r = await client.post("/v1.41/networks/host/connect", json={"Container": "nope"})
     assert r.status_code == 404 and r.json()["message"] == "No such container: nope"
+
+
+def test_ifconfig_structures() -> None:
+    import ctypes
+    import struct
+
+    from netproxy import ifconfig
+
+    req = ifconfig._ifreq_addr("eth0", ipaddress.IPv4Address("10.5.0.2"))
+    assert len(req) == ifconfig.IFREQ_SIZE
+    assert req[:16] == b"eth0".ljust(16, b"\0")
+    assert struct.unpack_from("=H", req, 16)[0] == 2 and req[20:24] == bytes([10, 5, 0, 2])
+    assert ctypes.sizeof(ifconfig._Rtentry) == (120 if ctypes.sizeof(ctypes.c_void_p) == 8 else 68)
+    with pytest.raises(ValueError):
+        ifconfig._name("x" * 16)
