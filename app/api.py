@@ -11,7 +11,18 @@ from starlette.types import ASGIApp
 
 from app import errors
 from app.middleware import API_VERSION, ApiVersionMiddleware
-from app.routers import attach, containers, exec, images, networks, resources, system
+from app.routers import (
+    archive,
+    attach,
+    containers,
+    diskusage,
+    exec,
+    images,
+    networks,
+    resources,
+    system,
+    volumes,
+)
 from runtime.engine import VERSION, Engine
 
 
@@ -34,6 +45,9 @@ def create_fastapi(engine: Engine | None = None) -> FastAPI:
     app.include_router(exec.router)
     app.include_router(resources.router)
     app.include_router(networks.router)
+    app.include_router(volumes.router)
+    app.include_router(archive.router)
+    app.include_router(diskusage.router)
     return app
 
 

@@ -38,6 +38,7 @@ from runtime.inspect import inspect_body, summary_ports
 from runtime.launch import Launcher
 from runtime.lifecycle import LifecycleHooks, NoLifecycle
 from runtime.listing import ListFilter, summary
+from runtime.mounts import ContainerMounts
 from runtime.names import random_name
 from runtime.netattach import BasicNetwork, NetworkHooks, joined_netns
 from runtime.oci import OciRuntime, RuncRuntime
@@ -47,6 +48,7 @@ from runtime.rootfs import unmount
 from runtime.spec import entrypoint_and_args, merge_image_config
 from runtime.supervisor import Kill, Pause, Remove, Start, Stop, Supervisor, Unpause
 from runtime.validation import CreateLimits, adapt_host_config, check_create
+from runtime.volumes import VolumeService
 
 log = logging.getLogger("pydock.containers")
 
@@ -71,6 +73,16 @@ class ContainerService:
         self.lifecycle: LifecycleHooks = NoLifecycle()  # the exec service once the engine is up
         self.launcher = Launcher(self)
         images.set_usage_probe(self.image_users)
+        self.volumes = VolumeService(config, events)
+        self.mounts = ContainerMounts(
+            config,
+            events,
+            self.volumes,
+            rootfs_of=self.launcher.rootfs,
+            lowers_of=self.launcher.lower_dirs,
+            lookup=lambda ref: self.get(ref).container,
+            containers=lambda: [s.container for s in self._supervisors.values()],
+        )
 
     # --- LaunchContext ----------------------------------------------------------------------------
 
@@ -107,6 +119,8 @@ class ContainerService:
 
     async def open(self) -> None:
         """Load every container record; re-adopt running ones, restart those whose policy says so."""
+        await self.volumes.open()
+        await self.mounts.open()
         records = await asyncio.to_thread(self._load_records)
         # Networking re-registers the live ones (ports, proxies, DNS) before anything starts.
         await self.network.restore(
@@ -304,12 +318,15 @@ class ContainerService:
         self.network.validate(container)  # unknown network: 404 before anything is written
         self._names[name] = cid
         try:
+            await self.mounts.prepare(container, self.images.layer_dirs(image))  # volumes, copy-up
             await asyncio.to_thread(self._write_new, container)
         except BaseException:
             self._names.pop(name, None)
+            await asyncio.shield(self.mounts.abandon(container))
             raise
         sup = Supervisor(container, self.launcher)
         self._supervisors[cid] = sup
+        self.mounts.finish(cid)
         sup.spawn()
         sup.event("create")
         return cid, warnings

@@ -231,3 +231,45 @@ class UserIpNotAllowed(InvalidParameter):
             else "user specified IP address is supported only when connecting to networks with user "
             "configured subnets"
         )
+
+
+# --- volumes and container files (runtime/volumes.py, runtime/containerfs.py) ----------------------
+
+
+class VolumeInUse(Conflict):
+    def __init__(self, name: str, users: list[str]) -> None:
+        super().__init__(f"remove {name}: volume is in use - [{', '.join(users)}]")
+
+
+class NoSuchVolumePlugin(NotFound):
+    def __init__(self, driver: str) -> None:
+        super().__init__(f'error looking up volume plugin {driver}: plugin "{driver}" not found')
+
+
+class FileNotFoundInContainer(NotFound):
+    def __init__(self, path: str, ref: str) -> None:
+        super().__init__(f"Could not find the file {path} in container {ref}")
+
+
+class HostileArchive(InvalidParameter):
+    """A tar entry that would write outside its destination or create what cp must not."""
+
+
+class NotADirectoryTarget(InvalidParameter):
+    def __init__(self) -> None:
+        super().__init__("extraction point is not a directory")
+
+
+class VolumeReadOnly(InvalidParameter):
+    def __init__(self) -> None:
+        super().__init__("mounted volume is marked read-only")
+
+
+class RootfsReadOnly(SystemError_):
+    def __init__(self) -> None:
+        super().__init__("container rootfs is marked read-only")
+
+
+class ClientGone(InvalidParameter):
+    def __init__(self) -> None:
+        super().__init__("the client went away before the end of the archive")

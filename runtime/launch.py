@@ -29,11 +29,13 @@ from runtime.fdkeeper import FdKeeper
 from runtime.hostfacts import HostFacts
 from runtime.images import ImageService
 from runtime.lifecycle import LifecycleHooks
+from runtime.mounts import MountHooks
 from runtime.netattach import NetworkHooks, NetworkPlan
 from runtime.oci import OciRuntime
 from runtime.records import Container
 from runtime.rootfs import RootFs
 from runtime.spec import SpecInputs, build_spec
+from runtime.specmounts import BindMount
 from runtime.specresources import block_device_paths
 from runtime.stdio import StdioHub
 from runtime.userdb import resolve_user
@@ -51,6 +53,7 @@ class LaunchContext(Protocol):
     network: NetworkHooks
     fdkeeper: FdKeeper
     lifecycle: LifecycleHooks
+    mounts: MountHooks  # rootfs and volume mounts (runtime/mounts.py)
 
     def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]: ...
 
@@ -110,10 +113,11 @@ class Launcher:
         made_rootfs = False
         plan: NetworkPlan | None = None
         try:
-            await asyncio.to_thread(self._prepare_dirs, rdir, rootfs, lowers)
+            await asyncio.to_thread(self._prepare_dirs, rdir, rootfs)
             made_rootfs = True
+            binds = await self.ctx.mounts.setup(container, rootfs, lowers)  # mounts the rootfs too
             plan = await self.ctx.network.prepare(container)
-            spec_json = await asyncio.to_thread(self._write_bundle, container, rootfs, rdir, plan)
+            spec_json = await asyncio.to_thread(self._write_bundle, container, rootfs, rdir, plan, binds)
             del spec_json
             fds = stdio.prepare()
             console = self.console_socket_path(container) if container.config.Tty else None
@@ -145,13 +149,12 @@ class Launcher:
                 raise SystemError_(f"failed to start container: {exc}") from exc
             raise
 
-    def _prepare_dirs(self, rdir: Path, rootfs: RootFs, lowers: list[Path]) -> None:
+    def _prepare_dirs(self, rdir: Path, rootfs: RootFs) -> None:
         rdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         rootfs.create()
-        rootfs.mount(lowers)
 
     def _write_bundle(
-        self, container: Container, rootfs: RootFs, rdir: Path, plan: NetworkPlan
+        self, container: Container, rootfs: RootFs, rdir: Path, plan: NetworkPlan, binds: list[BindMount]
     ) -> dict[str, Any]:
         """Write the /etc files and the OCI `config.json` (blocking: runs in a thread)."""
         c = container
@@ -177,7 +180,7 @@ class Launcher:
             hosts_path=hosts_path,
             resolv_conf_path=resolv_path,
             netns=plan.netns,
-            binds=tuple(plan_binds(c)),
+            binds=tuple(binds),
             init_path=Path(cfg.init_binary) if hc.Init else None,
             host=self.ctx.host_facts,
             default_ulimits=cfg.default_ulimits,
@@ -198,8 +201,8 @@ class Launcher:
             with contextlib.suppress(PydockError, OSError):
                 await self.ctx.network.release(container)
         if rootfs is not None:
-            with contextlib.suppress(OSError):
-                await asyncio.to_thread(rootfs.unmount)
+            with contextlib.suppress(PydockError, OSError):
+                await self.ctx.mounts.release(container, rootfs)
         await asyncio.to_thread(_clear_runtime_dir, rdir)
 
     # --- down -----------------------------------------------------------------------------------
@@ -223,13 +226,8 @@ class Launcher:
         if container.config.Tty:
             self.ctx.fdkeeper.release(container.cid)
         rdir = self.runtime_dir(container)
-        rootfs = self.rootfs(container)
-
-        def blocking() -> None:
-            rootfs.unmount()
-            _clear_runtime_dir(rdir)
-
-        await asyncio.to_thread(blocking)
+        await self.ctx.mounts.release(container, self.rootfs(container))
+        await asyncio.to_thread(_clear_runtime_dir, rdir)
 
     async def _forget_stopped(self, container: Container) -> bool:
         """What `runc delete` does for a stopped container (remove its cgroup and its state dir),
@@ -262,6 +260,7 @@ class Launcher:
 
     async def destroy(self, container: Container, *, remove_volumes: bool) -> None:
         """Remove everything the container has on disk (it is not running)."""
+        await self.ctx.mounts.remove(container, remove_volumes=remove_volumes)
         rdir = self.runtime_dir(container)
         rootfs = self.rootfs(container)
 
@@ -273,11 +272,6 @@ class Launcher:
 
         await asyncio.to_thread(blocking)
         await self.ctx.network.forget(container)
-
-
-def plan_binds(container: Container) -> list[Any]:
-    """Bind and volume mounts resolved to host paths (filled in by the volumes work, issue 5)."""
-    return []
 
 
 def _lives(pid: int, start_time: int) -> bool:

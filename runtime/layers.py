@@ -782,3 +782,8 @@ def read_file_chunks(path: Path, *, decompress: bool = False) -> Iterator[bytes]
         stream: IO[bytes] = open_decompressed(f)[0] if decompress else f
         while chunk := stream.read(CHUNK):
             yield chunk
+
+
+# Public names for the container file code (`cpextract.py`), which shares these safeguards.
+SafeTarInfo = _SafeTarInfo
+remove_at = _remove_at
