@@ -8,7 +8,8 @@ configured). Never `--bridge none`: that deletes docker0 even when another daemo
 dockerd's iptables chains are named DOCKER*, whoever runs it, so it is started only when no other
 dockerd runs, and the cleanup removes only the DOCKER chains and the rules that were not there
 before it started (from an `iptables-save` snapshot). The same goes for the host files it creates
-outside its roots (/etc/docker/key.json, /run/docker, /run/containerd/s) and the sysctls it sets.
+outside its roots (/etc/docker/key.json, /run/docker, /run/containerd/s), the parent cgroup
+`docker` it leaves in every hierarchy, and the sysctls it sets.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ HOST_PATHS = (
     Path("/run/containerd/s"),
     Path("/run/containerd"),
 )
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 # ip_forward is left on: pydock sets it too, and turning it off would cut other daemons' networks.
 SYSCTLS = (
     Path("/proc/sys/net/bridge/bridge-nf-call-iptables"),
@@ -57,6 +59,15 @@ def running_dockerds() -> list[int]:
                 if Path(f"/proc/{entry.name}/comm").read_text().strip() == "dockerd":
                     pids.append(int(entry.name))
     return pids
+
+
+def _docker_cgroups() -> list[Path]:
+    """`docker/` in each cgroup hierarchy (v1 controllers and the v2 mount): dockerd's parent."""
+    if not CGROUP_ROOT.is_dir():
+        return []
+    found = [d / "docker" for d in CGROUP_ROOT.iterdir() if d.is_dir() and not d.is_symlink()]
+    found.append(CGROUP_ROOT / "docker")
+    return found
 
 
 def iptables_lines(table: str) -> list[str]:
@@ -121,7 +132,7 @@ class DockerdEngine(Engine):
         self.check_installed()
         self.root.mkdir(parents=True)
         self._iptables_before = {t: iptables_lines(t) for t in ("filter", "nat")}
-        self._paths_before = {p: p.exists() for p in HOST_PATHS}
+        self._paths_before = {p: p.exists() for p in (*HOST_PATHS, *_docker_cgroups())}
         for p in SYSCTLS:
             with contextlib.suppress(OSError):
                 self._sysctls_before[p] = p.read_text().strip()
@@ -288,6 +299,6 @@ class DockerdEngine(Engine):
                 continue
             with contextlib.suppress(OSError):
                 if path.is_dir():
-                    path.rmdir()  # only when empty: anything inside is not provably ours
+                    path.rmdir()  # only when empty (a cgroup: without children or tasks)
                 else:
                     path.unlink()

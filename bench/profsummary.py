@@ -16,6 +16,17 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+# Innermost Python frames of a thread that is blocked, not running: py-spy cannot always tell
+# (the wait is in C), so these samples are dropped unless --keep-idle. `Runner.run` alone as the
+# leaf of the main thread is uvloop's C loop: idle in epoll_wait or busy in C callbacks, kept.
+IDLE_LEAVES = {
+    "_worker (concurrent/futures/thread.py)",
+    "Condition.wait (threading.py)",
+    "Queue.get (queue.py)",
+    "EpollSelector.select (selectors.py)",
+    "Event.wait (threading.py)",
+    "Thread._wait_for_tstate_lock (threading.py)",
+}
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^():]+)(?::\d+)?\)$")
 
 
@@ -31,7 +42,7 @@ def _name(frame: str) -> tuple[str, str]:
     return m.group("func"), path
 
 
-def parse(path: Path) -> dict[str, list[tuple[list[tuple[str, str]], int]]]:
+def parse(path: Path, keep_idle: bool = False) -> dict[str, list[tuple[list[tuple[str, str]], int]]]:
     """thread name -> [(frames outermost first, count)]."""
     threads: dict[str, list[tuple[list[tuple[str, str]], int]]] = {}
     for line in path.read_text(errors="replace").splitlines():
@@ -42,6 +53,8 @@ def parse(path: Path) -> dict[str, list[tuple[list[tuple[str, str]], int]]]:
         thread = parts[0].split(": ", 1)[-1] if parts[0].startswith("thread") else "?"
         thread = re.sub(r"_\d+$", "", thread)  # pool workers: one group per pool
         frames = [_name(p) for p in parts[1:]]
+        if not keep_idle and frames and f"{frames[-1][0]} ({frames[-1][1]})" in IDLE_LEAVES:
+            continue
         threads.setdefault(thread, []).append((frames, int(count)))
     return threads
 
@@ -73,10 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--thread", help="only this thread (e.g. MainThread)")
     ap.add_argument("--match", help="inclusive ranking: only frames whose file contains this")
+    ap.add_argument("--keep-idle", action="store_true", help="keep samples of threads blocked in a wait")
     args = ap.parse_args(argv)
-    threads = parse(args.profile)
+    threads = parse(args.profile, args.keep_idle)
     grand = sum(c for stacks in threads.values() for _, c in stacks)
-    print(f"{args.profile}: {grand} samples = {grand / args.rate:.2f} s of CPU at {args.rate:g} Hz")
+    idle = "" if args.keep_idle else ", idle waits dropped"
+    print(f"{args.profile}: {grand} samples = {grand / args.rate:.2f} s at {args.rate:g} Hz{idle}")
     for thread, stacks in sorted(threads.items(), key=lambda kv: -sum(c for _, c in kv[1])):
         if args.thread and thread != args.thread:
             continue

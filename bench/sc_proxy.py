@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any
 
 from bench.bench_proxy import SERVER, client
 from bench.context import Context
-from bench.engines import Engine
+from bench.engines import Engine, PydockEngine
 from bench.harness import Goal, Metric, Sampler, Skip
 from bench.memory import cpu_seconds
 
@@ -158,7 +159,54 @@ def proxy(ctx: Context) -> list[Metric]:
     finally:
         for ep in endpoints.values():
             ep.close()
+    if ctx.engine("pydock") is not None:
+        metrics += kernel_path(ctx)
     return metrics
+
+
+def kernel_path(ctx: Context) -> list[Metric]:
+    """pydock with `--userland-proxy=false` (DNAT of 127.0.0.1 via route_localnet, no proxy in
+    the path): its own throwaway daemon, against the direct path; target >= 0.9x direct."""
+    sz = ctx.sizes
+    size = sz.proxy_mib * MIB
+    rows = {
+        test: Metric(
+            f"kernel_{test}",
+            f"127.0.0.1 port, kernel path (`--userland-proxy=false`), {test}, {sz.proxy_mib} MiB",
+            "MiB/s",
+            "higher",
+            Goal(">=", 0.9, versus="runc", text=">= 0.9x direct"),
+            floor_label="direct to the container address",
+        )
+        for test in ("upload", "download")
+    }
+    for m in rows.values():
+        m.skip("dockerd", "not measured (the target is against the direct path)")
+    engine = PydockEngine(ctx.work / "kernel-path", ["--userland-proxy=false"])
+    ep: Endpoint | None = None
+    try:
+        ctx.progress("proxy: a second pydockd with --userland-proxy=false")
+        engine.start_daemon()
+        engine.load_image(ctx.busybox_tar)
+        ep = publish(engine)
+        for test, m in rows.items():
+            samplers: dict[str, Sampler] = {
+                "runc": functools.partial(_rate, ep.container_ip, PORT, test, size),
+                "pydock": functools.partial(_rate, "127.0.0.1", ep.host_port, test, size),
+            }
+            ctx.sample(m, samplers, iterations=sz.proxy_repeat, warmup=0, scale=1.0)
+    except (Skip, RuntimeError, OSError, TimeoutError) as exc:
+        for m in rows.values():
+            m.skip("pydock", f"kernel path: {exc}")
+    finally:
+        if ep is not None:
+            ep.close()
+        engine.close()
+    return list(rows.values())
+
+
+def _rate(host: str, port: int, test: str, size: int) -> float:
+    return _value(_client(host, port, test, size), test, size, "seconds")
 
 
 def _value(res: dict[str, Any], test: str, arg: int, key: str) -> float:
