@@ -153,6 +153,21 @@ def test_tmpfs_volume_is_mounted_while_used(daemon: Daemon, made: Objects) -> No
     assert bad.returncode == 1 and b'invalid option: "bogus"' in bad.stderr
 
 
+def test_bind_options_volume(daemon: Daemon, made: Objects, tmp_root: Path) -> None:
+    """`-o type=none -o o=bind -o device=/path`: the host dir is bound on `_data` while used."""
+    name = made.volume()
+    device = tmp_root / "device"
+    device.mkdir()
+    (device / "already").write_text("there\n")
+    daemon.docker("volume", "create", "-o", "type=none", "-o", "o=bind", "-o", f"device={device}", name)
+    out = daemon.docker("run", "--rm", "-v", f"{name}:/b", "busybox", "sh", "-c",
+                        "cat /b/already; echo new > /b/new").stdout  # fmt: skip
+    assert out == b"there\n" and (device / "new").read_text() == "new\n"
+    data = inspect(daemon, "volume", "inspect", name)[0]["Mountpoint"]
+    assert not any(line.split()[4] == data for line in Path("/proc/self/mountinfo").read_text().splitlines())
+    assert not (Path(data) / "new").exists()  # the data dir itself was only a mount point
+
+
 def test_prune_removes_only_unused(daemon: Daemon, made: Objects) -> None:
     tag = secrets.token_hex(4)
     unused, used, c = made.volume(), made.volume(), made.container()
