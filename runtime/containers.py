@@ -29,6 +29,7 @@ from runtime.errors import (
     NameInUse,
     NoSuchContainer,
     PydockError,
+    SystemError_,
 )
 from runtime.events import EventBus
 from runtime.fdkeeper import FdKeeper
@@ -334,16 +335,20 @@ class ContainerService:
     @staticmethod
     def _write_new(container: Container) -> None:
         tmp = container.data_dir.with_name(f"{store.TMP_PREFIX}{container.cid}")
-        tmp.mkdir(mode=0o710)
         final_dir = container.data_dir
-        container.data_dir = tmp
         try:
-            container.save_config()
-            container.save_state()
-        finally:
-            container.data_dir = final_dir
-        os.rename(tmp, final_dir)  # the record appears whole or not at all
-        store.fsync_dir(final_dir.parent)
+            tmp.mkdir(mode=0o710)
+            container.data_dir = tmp
+            try:
+                container.save_config()
+                container.save_state()
+            finally:
+                container.data_dir = final_dir
+            os.rename(tmp, final_dir)  # the record appears whole or not at all
+            store.fsync_dir(final_dir.parent)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise SystemError_(f"failed to create container {container.cid}: {exc.strerror or exc}") from exc
 
     def create_limits(self) -> CreateLimits:
         return CreateLimits(
