@@ -299,3 +299,64 @@ def test_tty_container_survives_a_daemon_crash(loaded: Daemon) -> None:
         client.close()
     d.docker("rm", "-f", n)
     assert not (d.exec_root / "fdkeeper.json").exists()  # the keeper went with the last TTY container
+
+
+def test_full_disk_gives_clear_errors_and_recovers(tmp_root: Path, busybox_tar: Path) -> None:
+    data = tmp_root / "d" / "data"
+    data.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(data)], check=True)
+    try:
+        with running_daemon(root=tmp_root / "d") as d:
+            d.docker("load", "-q", "-i", str(busybox_tar))
+            logger = uniq()
+            d.docker("run", "-d", "--name", logger, "busybox", "sh", "-c", LOGGER)
+            filler = data / "filler"
+            subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=100"],
+                           capture_output=True, check=False)  # fmt: skip
+            r = d.docker("run", "--rm", "busybox", "true", check=False)
+            assert r.returncode == 125
+            assert b"no space left on device" in r.stderr.lower()
+            # the daemon keeps serving and the running container keeps running
+            assert logger in d.docker("ps", "--format", "{{.Names}}").stdout.decode()
+            time.sleep(0.3)
+            filler.unlink()
+            assert d.docker("run", "--rm", "busybox", "echo", "recovered").stdout == b"recovered\n"
+            assert state(d, logger)["Running"] is True
+            assert not [p for p in (d.data_root / "containers").iterdir() if p.name.startswith(".")]
+            d.docker("rm", "-f", logger)
+    finally:
+        subprocess.run(["umount", "-l", str(data)], check=False)
+
+
+def test_clients_that_disconnect_mid_stream_leave_nothing(loaded: Daemon) -> None:
+    import socket as socketlib
+
+    d = loaded
+    n = uniq()
+    d.docker("run", "-d", "--name", n, "busybox", "sh", "-c", LOGGER)
+
+    def counts() -> tuple[int, int]:
+        info = d.json("GET", "/v1.41/info")
+        return int(info["NGoroutines"]), len(os.listdir(f"/proc/{d.pid}/fd"))
+
+    before = counts()
+    requests = [
+        f"GET /v1.41/containers/{n}/logs?follow=1&stdout=1 HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /v1.41/events HTTP/1.1\r\nHost: x\r\n\r\n",
+        f"POST /v1.41/containers/{n}/wait HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        f"POST /v1.41/containers/{n}/attach?stream=1&stdout=1&stdin=1 HTTP/1.1\r\nHost: x\r\n"
+        "Connection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n",
+    ]
+    for _ in range(5):
+        socks = []
+        for req in requests:
+            s = socketlib.socket(socketlib.AF_UNIX)
+            s.connect(str(d.sock))
+            s.sendall(req.encode())
+            assert s.recv(12).startswith(b"HTTP/1.1 ")
+            socks.append(s)
+        for s in socks:
+            s.close()
+    wait_for(lambda: counts() <= before, 10, "tasks and fds back to the baseline")
+    assert state(d, n)["Running"] is True
+    d.docker("rm", "-f", n)
