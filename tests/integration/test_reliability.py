@@ -9,6 +9,7 @@ import secrets
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -46,18 +47,50 @@ def assert_contiguous(numbers: list[int]) -> None:
     assert numbers[0] == 0
 
 
+def _published_get(d: Daemon, name: str) -> bytes:
+    port = d.docker("port", name, "80/tcp").stdout.decode().split(":")[-1].strip()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/passwd", timeout=5) as r:
+        return r.read()  # type: ignore[no-any-return]
+
+
+def _container_ip(d: Daemon, name: str) -> str:
+    return d.docker("inspect", "-f", "{{.NetworkSettings.IPAddress}}", name).stdout.decode().strip()
+
+
+def _direct_get(ip: str) -> bytes:
+    with urllib.request.urlopen(f"http://{ip}/passwd", timeout=5) as r:
+        return r.read()  # type: ignore[no-any-return]
+
+
 def test_sigkill_keeps_containers_and_their_output(loaded: Daemon) -> None:
+    """Issue 7's acceptance test: 20 containers (some publishing ports, some logging every 10 ms),
+    the daemon SIGKILLed for 3 s: all still run and are listed, ports answer, no log line is lost
+    or duplicated, stop and kill work, and the exit codes are the real ones."""
     d = loaded
     names = [uniq() for _ in range(20)]
+    served = names[1::4]
     for i, n in enumerate(names):
-        cmd = LOGGER if i % 2 == 0 else "trap 'exit 3' TERM; while true; do sleep 0.05; done"
-        d.docker("run", "-d", "--name", n, "busybox", "sh", "-c", cmd)
+        args = ["-p", "127.0.0.1::80"] if n in served else []
+        cmd = (
+            LOGGER
+            if i % 2 == 0
+            else "trap 'exit 3' TERM; httpd -p 80 -h /etc; while true; do sleep 0.05; done"
+        )
+        d.docker("run", "-d", "--name", n, *args, "busybox", "sh", "-c", cmd)
+    for n in served:
+        wait_for(lambda n=n: b"root:" in _published_get(d, n), 10, "httpd to answer")  # type: ignore[misc]
+    ips = {n: _container_ip(d, n) for n in served}
     time.sleep(0.3)
     d.kill()
+    for n in served:  # while the daemon is away, the bridge still carries traffic
+        assert b"root:" in _direct_get(ips[n])
     time.sleep(3)
     d.start()
     running = set(d.docker("ps", "--format", "{{.Names}}").stdout.decode().split())
     assert set(names) <= running
+    for n in served:
+        assert b"root:" in _published_get(d, n)
+        assert b"root:" in _direct_get(ips[n])
     time.sleep(0.3)
     for n in names[::2]:
         numbers = log_numbers(d, n)
