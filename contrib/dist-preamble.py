@@ -19,7 +19,7 @@ if _site_packages is not None:
     )
     if _built and not any("." + tag in importlib.machinery.EXTENSION_SUFFIXES for tag in _built):
         sys.exit(
-            f"pydockd: this build carries compiled modules for {', '.join(_built)}, but "
+            f"pydockd: this build carries compiled modules for {', '.join(_built).replace('.so', '')}, but "
             f"{sys.executable} is CPython {sys.version.split()[0]}: run it with the Python it was "
             "built for, or rebuild it with `make dist` there"
         )

@@ -86,3 +86,34 @@ def test_dist_daemon_serves_the_api(
         assert out == b"from the zipapp\n"
     finally:
         d.close()  # stops it by PID; removes its bridge and chains (kept at shutdown, as dockerd does)
+
+
+def other_python() -> str | None:
+    """A CPython other than the one the build is for, if this host has one (pyenv, deadsnakes)."""
+    candidates = [shutil.which(name) for name in ("python3.13", "python3.12", "python3.10")]
+    candidates += sorted(str(p) for p in Path.home().glob(".pyenv/versions/3.*/bin/python3"))
+    built_for = subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for path in filter(None, candidates):
+        probe = [path, "-c", "import sys; print(sys.version_info[:2])"]
+        out = subprocess.run(probe, capture_output=True, text=True, check=False)
+        if out.returncode == 0 and out.stdout != built_for:
+            return path
+    return None
+
+
+def test_dist_refuses_another_python_plainly(dist_file: Path, shiv_root: Path) -> None:
+    python = other_python()
+    if python is None:
+        pytest.skip("no other CPython on this host")
+    env = {**os.environ, "SHIV_ROOT": str(shiv_root)}
+    out = subprocess.run(
+        [python, str(dist_file), "--version"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 1
+    assert out.stderr.startswith("pydockd"), out.stderr  # one line that says why, no traceback
+    assert "Traceback" not in out.stderr
