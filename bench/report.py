@@ -1,16 +1,19 @@
 """The outputs of a run: `latest.json` (raw samples + summaries), `latest.md` (the table the README
 shows) and `latest.png` (a chart; needs matplotlib, the `bench` extra, and is skipped without it).
+
+    python -m bench.report bench/results/latest.json    # re-render the .md and .png from the JSON
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench.harness import FLOORS, Metric
+from bench.harness import FLOORS, Goal, Metric
 
 DAEMONS = ("pydock", "dockerd")
 
@@ -146,8 +149,46 @@ def write_png(path: Path, meta: dict[str, Any], metrics: list[Metric]) -> str | 
     ax.invert_yaxis()
     who = "dockerd" if versus else "the floor"
     ax.set_xlabel(f"pydock cost relative to {who} (log; < 1 is better; black tick = target)")
-    ax.set_title(f"pydock vs {who} — {meta['date']}, {meta['machine']['summary']}", fontsize=9)
+    box = meta["machine"]
+    ax.set_title(
+        f"pydock vs {who}: {meta['date']}, {box['cores']}-core {box['cpu']}, cgroup {box['cgroup']}",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return None
+
+
+def load_json(path: Path) -> tuple[dict[str, Any], list[Metric]]:
+    data = json.loads(path.read_text())
+    metrics = []
+    for item in data.pop("metrics"):
+        m = Metric(
+            item["key"],
+            item["title"],
+            item["unit"],
+            item["better"],
+            Goal(**item["goal"]) if item["goal"] else None,
+            floor_label=item["floor"],
+            skipped=item["skipped"],
+            notes=item["notes"],
+        )
+        for engine, values in item["engines"].items():
+            m.samples[engine] = list(values["samples"])
+        metrics.append(m)
+    return data, metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    path = Path((argv if argv is not None else sys.argv[1:])[0])
+    meta, metrics = load_json(path)
+    path.with_suffix(".md").write_text(markdown(meta, metrics))
+    why = write_png(path.with_suffix(".png"), meta, metrics)
+    if why:
+        print(f"no chart: {why}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -65,7 +65,7 @@ def run_d_rm(ctx: Context) -> list[Metric]:
         "ms",
         "lower",
         Goal("<=", 0.4),
-        floor_label="`runc run -d` + `runc delete -f`",
+        floor_label="`runc run -d` + `kill` + `delete`",
     )
     samplers: dict[str, Sampler] = {f.name: f.run_detached_then_delete for f in ctx.floors}
     for e in ctx.engines:

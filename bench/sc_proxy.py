@@ -180,8 +180,6 @@ def kernel_path(ctx: Context) -> list[Metric]:
         )
         for test in ("upload", "download")
     }
-    for m in rows.values():
-        m.skip("dockerd", "not measured (the target is against the direct path)")
     engine = PydockEngine(ctx.work / "kernel-path", ["--userland-proxy=false"])
     ep: Endpoint | None = None
     try:
