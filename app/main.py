@@ -28,6 +28,7 @@ from app.listeners import Listener, ListenerError, open_listeners
 from runtime.config import DaemonConfig
 from runtime.engine import VERSION, Engine
 from runtime.errors import PydockError
+from runtime.oci import runtime_usable
 
 log = logging.getLogger("pydock.daemon")
 
@@ -126,6 +127,7 @@ async def serve(config: DaemonConfig) -> int:
         for listener in listeners:
             listener.close()
         raise
+    warn_unusable_default_runtime(config)
     server = Server(uvicorn_config(BodyLimitMiddleware(create_app(engine)), config), listeners)
 
     def on_signal(signum: int) -> None:
@@ -147,6 +149,17 @@ async def serve(config: DaemonConfig) -> int:
             listener.close()
         await engine.shutdown()
     return 0
+
+
+def warn_unusable_default_runtime(config: DaemonConfig) -> None:
+    """Say at startup when the default runtime cannot run containers here (crun on a hybrid
+    cgroup host): every `docker run` would fail otherwise, with no word in the daemon's log."""
+    spec = config.runtime()
+    if spec is None:
+        return
+    usable, why = runtime_usable(spec)
+    if not usable:
+        log.warning("the default runtime cannot run containers on this host: %s", why)
 
 
 def dump_tasks() -> None:
