@@ -73,14 +73,20 @@ def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def build_archive(out: Path, busybox: Path = BUSYBOX, tag: str = "busybox:latest") -> str:
-    """Write the image archive to `out`; returns the image ID."""
+def build_archive(
+    out: Path,
+    busybox: Path = BUSYBOX,
+    tag: str = "busybox:latest",
+    config_extra: dict[str, object] | None = None,
+) -> str:
+    """Write the image archive to `out`; returns the image ID. `config_extra` adds to the image's
+    container config (tests: a HEALTHCHECK, a USER, ...)."""
     layer = layer_tar(busybox)
     diff_id = _digest(layer)
     config = json.dumps(
         {
             "architecture": GOARCH.get(platform.machine(), platform.machine()),
-            "config": {"Env": [PATH_ENV], "Cmd": ["sh"]},
+            "config": {"Env": [PATH_ENV], "Cmd": ["sh"], **(config_extra or {})},
             "created": CREATED,
             "history": [{"created": CREATED, "created_by": "pydock busybox_image: Debian busybox-static"}],
             "os": "linux",

@@ -306,12 +306,15 @@ class ExecService:
         if record.user_given:
             rootfs = self.containers.launcher.rootfs(c).target
             user = await asyncio.to_thread(resolve_user, rootfs, record.user, c.host_config.GroupAdd or [])
+        # A resize that came before the start is the pty's initial size (runc sets it before
+        # the process runs, so even an immediate `stty size` sees it).
+        size = list(record.pending_size) if record.pending_size else record.console_size
         ec = ExecConfig(
             Cmd=[record.entrypoint, *record.args],
             Tty=record.tty,
             Privileged=record.privileged,
             WorkingDir=record.working_dir,
-            ConsoleSize=record.console_size,
+            ConsoleSize=size,
         )
         process = build_exec_process(cached.process, c.config, ec, user=user, host=self.containers.host_facts)
         process.env = list(record.env)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -36,6 +37,7 @@ from runtime.execs import ExecRecord, ExecService
 from runtime.stdio import Sink
 
 router = APIRouter(tags=["Exec"])
+HANGUP_POLL_S = 0.5
 Execs = Annotated[ExecService, Depends(get_execs)]
 
 
@@ -103,11 +105,36 @@ def _write_error(channel: HijackChannel, message: str, *, framed: bool) -> None:
     channel.write(frame(STDOUT, data) if framed else data)
 
 
+def _hung_up(channel: HijackChannel) -> bool:
+    """Whether the client shut both directions (UNIX sockets report POLLHUP then; a half-close,
+    which the CLI does right after the 101 when it sends no stdin, does not)."""
+    sock = channel._protocol.transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLHUP)
+    return any(events & select.POLLHUP for _fd, events in poller.poll(0))
+
+
+async def _client_gone(channel: HijackChannel) -> None:
+    """Returns once the client is gone. A closed socket is only noticed by the transport when
+    it writes; a process that is quiet (`sleep`, a shell waiting for input) must not keep a
+    vanished client's session, and its process, alive forever."""
+    closed = asyncio.ensure_future(channel.wait_closed())
+    try:
+        while not closed.done():
+            await asyncio.wait({closed}, timeout=HANGUP_POLL_S)
+            if not closed.done() and _hung_up(channel):
+                return
+    finally:
+        closed.cancel()
+
+
 async def _session(
     channel: HijackChannel, execs: ExecService, record: ExecRecord, proc: ExecProcess, sink: ChannelSink
 ) -> None:
     ended = asyncio.ensure_future(sink.ended.wait())
-    closed = asyncio.ensure_future(channel.wait_closed())
+    closed = asyncio.ensure_future(_client_gone(channel))
     waiters: set[asyncio.Future[Any]] = {ended, closed}
     pump: asyncio.Task[str] | None = None
     if record.open_stdin:
@@ -125,6 +152,9 @@ async def _session(
                 pump = None
                 if reason == "detach":
                     execs.detached(record)
+                    break
+                if _hung_up(channel):
+                    execs.terminate(record)  # not a half-close: the client is gone
                     break
                 if not record.tty:
                     proc.close_stdin()  # `exec -i`: EOF reaches the process; its output goes on
