@@ -33,12 +33,14 @@ def test_socket_unit_opens_pydockd_default_socket() -> None:
     assert sock["Install"]["WantedBy"] == "sockets.target"
 
 
-def test_service_unit_serves_the_activated_socket() -> None:
+def test_service_unit_serves_the_activated_socket(tmp_path: Path) -> None:
     service = unit("pydock.service")
     assert service["Unit"]["Requires"] == "pydock.socket"
     argv = shlex.split(service["Service"]["ExecStart"])
     assert Path(argv[0]).name == "pydockd"
-    config, _ = parse_args(argv[1:])  # the flags are pydockd's own
+    empty = tmp_path / "daemon.json"  # not this host's /etc/pydock/daemon.json
+    empty.write_text("{}")
+    config, _ = parse_args([*argv[1:], "--config-file", str(empty)])  # the flags are pydockd's own
     assert config.hosts == ("fd://",)
     assert service["Service"]["KillMode"] == "process"  # pydockd stops its containers itself
     assert service["Service"]["Delegate"] == "yes"
