@@ -35,6 +35,13 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "docker login": ("SystemAuth",),
     "docker run": ("ContainerCreate", "ContainerAttach", "ContainerStart", "ContainerWait"),
     "docker run -d": ("ContainerCreate", "ContainerStart"),
+    "docker run -it": (
+        "ContainerCreate",
+        "ContainerAttach",
+        "ContainerStart",
+        "ContainerResize",
+        "ContainerWait",
+    ),
     "docker create": ("ContainerCreate",),
     "docker start": ("ContainerStart",),
     "docker stop": ("ContainerStop",),
