@@ -118,10 +118,14 @@ $(VENV)/.bench-deps: $(VENV)/.deps pyproject.toml
 # One executable zipapp (shiv): pydock + its Python dependencies, for the system's python3 (3.11+).
 # Compiled modules are unpacked at first start to ~/.shiv (or $$SHIV_ROOT); see README.
 DIST ?= dist/pydockd
+# The sources are copied to a temp dir first: building in the checkout would leave build/ there.
 dist: $(VENV)/.deps
 	@mkdir -p $(dir $(DIST))
+	@src=$$(mktemp -d); trap 'rm -rf "$$src"' EXIT; \
+	cp -r pyproject.toml README.md app runtime netproxy "$$src"/ && \
+	find "$$src" -name __pycache__ -prune -exec rm -rf {} + && \
 	$(BIN)/shiv --reproducible --compressed --python '/usr/bin/env python3' --entry-point app.main:main \
-	  --preamble contrib/dist-preamble.py --output-file $(DIST) -- -q --disable-pip-version-check .
+	  --preamble contrib/dist-preamble.py --output-file $(DIST) -- -q --disable-pip-version-check "$$src"
 	@echo "built $(DIST) for $$($(BIN)/python -c 'import sys; print("CPython %d.%d" % sys.version_info[:2])')"
 
 clean:
