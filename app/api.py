@@ -7,6 +7,9 @@ generator use. The HTTP layer holds no state: everything lives in the engine's s
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi.middleware.asyncexitstack import AsyncExitStackMiddleware
+from starlette.middleware.errors import ServerErrorMiddleware
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.types import ASGIApp
 
 from app import errors
@@ -26,9 +29,29 @@ from app.routers import (
 from runtime.engine import VERSION, Engine
 
 
+class PydockAPI(FastAPI):
+    """FastAPI with only the middleware pydock uses: the 500 handler, the exception handlers and
+    the exit stack FastAPI's routes expect. The default stack also has telemetry and a body limit
+    pydock does not need (its limits are `app/limits.py`); every layer costs on each request.
+    """
+
+    def build_middleware_stack(self) -> ASGIApp:
+        error_handler = None
+        handlers = {}
+        for key, value in self.exception_handlers.items():
+            if key in (500, Exception):
+                error_handler = value
+            else:
+                handlers[key] = value
+        # FastAPI's routes need the exit stack it keeps in the request scope.
+        app: ASGIApp = AsyncExitStackMiddleware(self.router)
+        app = ExceptionMiddleware(app, handlers=handlers, debug=self.debug)
+        return ServerErrorMiddleware(app, handler=error_handler, debug=self.debug)
+
+
 def create_fastapi(engine: Engine | None = None) -> FastAPI:
     """The bare FastAPI app (routers + handlers), without the version-prefix middleware."""
-    app = FastAPI(
+    app = PydockAPI(
         title="pydock Engine API",
         version=API_VERSION,
         summary=f"The Docker Engine API as served by pydock {VERSION}",

@@ -31,6 +31,8 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from app.fastpath import is_ping, ping_app, ping_response
+
 EXTENSION = "pydock.hijack"
 READ_HIGH_WATER = 1 << 20
 MAX_UPGRADE_BODY = 1 << 20  # the JSON of an exec start; the body is buffered whole
@@ -220,10 +222,23 @@ class HijackProtocol(HttpToolsProtocol):
         self._body_chunked: _ChunkedDecoder | None = None
         self._body = bytearray()
         self._raw_paused = False
+        self._fast_ping: bytes | None = None
 
     # --- request parsing ----------------------------------------------------------------------
 
     def on_headers_complete(self) -> None:
+        method = self.parser.get_method()
+        if is_ping(method, self.url):
+            if (self.cycle is None or self.cycle.response_complete) and not self.pipeline:
+                # Answered in on_message_complete, without an ASGI cycle (app/fastpath.py).
+                self._fast_ping = method
+                return
+            routed, self.app = self.app, ping_app  # behind a pipelined request: keep the order
+            try:
+                super().on_headers_complete()
+            finally:
+                self.app = routed
+            return
         channel: HijackChannel | None = None
         if self.parser.should_upgrade() and self._get_upgrade() == b"tcp":
             channel = HijackChannel(self)
@@ -243,6 +258,17 @@ class HijackProtocol(HttpToolsProtocol):
             self.cycle.keep_alive = False
 
     def on_message_complete(self) -> None:
+        if self._fast_ping is not None:
+            method, self._fast_ping = self._fast_ping, None
+            keep_alive = self.parser.should_keep_alive()
+            self.transport.write(
+                ping_response(method, self.server_state.default_headers, keep_alive=keep_alive)
+            )
+            if not keep_alive:
+                self.transport.close()
+                return
+            self.on_response_complete()
+            return
         if self._channel is not None and (self._body_length > 0 or self._body_chunked is not None):
             return  # the body is still inside the raw bytes; see _feed_raw
         super().on_message_complete()

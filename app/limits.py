@@ -167,6 +167,8 @@ class LimitedProtocol(HijackProtocol):
                         f"request body too large: limit is {self.max_upgrade_body} bytes",
                     )
         super().on_headers_complete()
+        if self._fast_ping is not None:
+            return  # answered at message end, no body to wait for (app/fastpath.py)
         method = self.parser.get_method().decode("ascii", "replace")
         self._body_is_upload = is_streamed_upload(method, self.scope.get("path", ""))
         timeout = self.upload_idle_timeout_s if self._body_is_upload else self.body_timeout_s

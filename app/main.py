@@ -104,6 +104,7 @@ def uvicorn_config(app: object, config: DaemonConfig) -> uvicorn.Config:
         log_config=None,
         access_log=config.debug,
         server_header=False,
+        proxy_headers=False,  # no reverse proxy in front of a UNIX socket: skip that middleware
         date_header=True,
         headers=[
             ("Api-Version", "1.41"),

@@ -8,6 +8,7 @@ state change. Both are replaced atomically, so a crash leaves the old or the new
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -39,8 +40,11 @@ def now_rfc3339() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
 
 
+@functools.lru_cache(maxsize=8192)
 def parse_rfc3339(text: str) -> float:
-    """Seconds since the epoch of an RFC 3339 timestamp (0.0 for Docker's zero time)."""
+    """Seconds since the epoch of an RFC 3339 timestamp (0.0 for Docker's zero time).
+
+    Cached: listing containers parses the same few timestamps per container on every request."""
     if not text or text.startswith("0001-"):
         return 0.0
     main, _, frac = text.rstrip("Z").partition(".")

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response, StreamingResponse
 
-from app.deps import get_engine
+from app.deps import engine_of
 from app.errors import DockerJSONResponse
 from app.models.volumes import CommitResponse, ContainerChange
 from app.params import DockerBool, docker_bool
@@ -29,8 +29,8 @@ router = APIRouter(tags=["Container"])
 STAT_HEADER = "X-Docker-Container-Path-Stat"
 
 
-def get_containerfs(request: Request) -> ContainerFs:
-    engine: Engine = get_engine(request)
+async def get_containerfs(request: Request) -> ContainerFs:
+    engine: Engine = engine_of(request)
     return ContainerFs(engine.containers, engine.images)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from app.deps import get_engine
+from app.deps import engine_of
 from app.errors import DockerJSONResponse
 from app.models.volumes import SystemDataUsageResponse
 
@@ -14,7 +14,7 @@ router = APIRouter(tags=["System"])
 @router.get("/system/df", operation_id="SystemDataUsage", responses={200: {"model": SystemDataUsageResponse}})
 async def system_data_usage(request: Request, type: str | None = None) -> DockerJSONResponse:
     """The `type` filter (API 1.42) is accepted; everything is always computed."""
-    engine = get_engine(request)
+    engine = engine_of(request)
     images = engine.images.disk_usage()
     containers = await engine.containers.list_containers(all_=True, limit=None, size=True, filters={})
     for c in containers:

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Header, Query, Request
 from starlette.responses import Response, StreamingResponse
 
-from app.deps import get_engine
+from app.deps import engine_of, get_engine
 from app.errors import DockerJSONResponse
 from app.models.images import (
     AuthConfig as AuthConfigBody,
@@ -42,8 +42,8 @@ from runtime.registry import AuthConfig, RegistryClient, decode_registry_auth, s
 router = APIRouter(tags=["Image"])
 
 
-def get_images(request: Request) -> ImageService:
-    engine: Engine = get_engine(request)
+async def get_images(request: Request) -> ImageService:
+    engine: Engine = engine_of(request)
     return engine.images
 
 

@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
-from app.deps import get_engine
+from app.deps import engine_of
 from app.errors import DockerJSONResponse
 from app.models.networks import (
     Network,
@@ -27,8 +27,8 @@ from runtime.networks import NetworkService
 router = APIRouter(tags=["Network"])
 
 
-def get_networks(request: Request) -> NetworkService:
-    return get_engine(request).networks
+async def get_networks(request: Request) -> NetworkService:
+    return engine_of(request).networks
 
 
 Networks = Annotated[NetworkService, Depends(get_networks)]

@@ -15,6 +15,7 @@ from starlette.responses import Response, StreamingResponse
 
 from app.deps import get_engine
 from app.errors import DockerJSONResponse
+from app.fastpath import PING_HEADERS
 from app.middleware import API_VERSION, MIN_API_VERSION
 from app.params import FiltersQuery, check_filter_keys, parse_filters
 from app.streams import json_lines
@@ -26,12 +27,6 @@ from runtime.events import Event
 router = APIRouter(tags=["System"])
 
 # Api-Version, Docker-Experimental and Ostype are on every response (uvicorn default headers).
-PING_HEADERS = {
-    "Cache-Control": "no-cache, no-store, must-revalidate",
-    "Pragma": "no-cache",
-    "Builder-Version": "1",  # no BuildKit: clients must not try a buildkit session
-    "Swarm": "inactive",
-}
 
 EngineDep = Annotated[Engine, Depends(get_engine)]
 

@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
-from app.deps import api_version, get_engine
+from app.deps import api_version, engine_of
 from app.errors import DockerJSONResponse
 from app.models.volumes import Volume, VolumeCreateRequest, VolumeListResponse, VolumePruneResponse
 from app.params import DockerBool, FiltersQuery, parse_filters
@@ -21,8 +21,8 @@ from runtime.volumes import VolumeService
 router = APIRouter(tags=["Volume"])
 
 
-def get_volumes(request: Request) -> VolumeService:
-    engine: Engine = get_engine(request)
+async def get_volumes(request: Request) -> VolumeService:
+    engine: Engine = engine_of(request)
     return engine.containers.volumes
 
 
