@@ -1,10 +1,11 @@
 """One process started inside a running container (`docker exec`, health probes): spawn, stdio, exit.
 
-`runc exec --detach --pid-file` starts the process and exits; pydockd is child subreaper, so the
-process then is pydockd's own child: a pidfd tells when it exits and `waitid(P_PIDFD)` reaps it
-with its real status (as the supervisor does for inits, `runtime.exitstatus`). Its stdio are
-plain pipes (created here, the far ends handed to runc, which passes them on), or with a TTY the
-pty master that runc sends over a `--console-socket`.
+A starter puts the process into the container: `runc exec --detach --pid-file`
+(`runtime_starter`) or pydock's exec helper (`runtime/fastexec.py`); either way, once it returns
+the process is pydockd's own child (pydockd is child subreaper): a pidfd tells when it exits and
+`waitid(P_PIDFD)` reaps it with its real status (as the supervisor does for inits,
+`runtime.exitstatus`). Its stdio are plain pipes (created here, the far ends handed to the
+starter, which passes them on), or with a TTY the pty master the starter gets back.
 
 Output goes to one `Sink` (the exec start's hijacked connection, a health probe's buffer) or is
 read and dropped when nobody listens, so the process never blocks on a full pipe. Back-pressure:
@@ -27,7 +28,7 @@ import os
 import signal
 import struct
 import termios
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,8 @@ from runtime.console import receive_console_master
 from runtime.oci import OciRuntime, Stdio
 from runtime.ocispec import Process
 from runtime.stdio import Sink
+
+Starter = Callable[[Stdio], Awaitable[tuple[int, int | None]]]
 
 log = logging.getLogger("pydock.exec")
 
@@ -120,30 +123,18 @@ class ExecProcess:
 
     # --- start ------------------------------------------------------------------------------------
 
-    async def spawn(
-        self,
-        runtime: OciRuntime,
-        cid: str,
-        process: Process,
-        *,
-        pid_file: Path,
-        console_socket: Path | None = None,
-    ) -> int:
-        """Start the process; returns its host pid. Raises what `runtime.exec` raises (an
-        `OciRuntimeError` with runc's message when the command cannot run); nothing is left open
-        then. Cancelled, it kills what it may have started."""
+    async def spawn(self, start: Starter) -> int:
+        """Start the process with `start` (the OCI runtime's exec or pydock's exec helper: it gets
+        the stdio to hand on, returns the pid and, with a TTY, the pty master); returns the host
+        pid. Raises what `start` raises; nothing is left open then."""
         loop = asyncio.get_running_loop()
         self._done = loop.create_future()
         s = self.streams
         theirs: list[int] = []
         stdio = Stdio()
-        console: asyncio.Task[int] | None = None
+        pid = 0
         try:
-            if s.tty:
-                if console_socket is None:
-                    raise ValueError("a TTY exec needs a console socket")
-                console = receive_console_master(console_socket)
-            else:
+            if not s.tty:
                 stdin_fd = stdout_fd = stderr_fd = None
                 if s.stdin:
                     r, w = _pipe()
@@ -162,25 +153,20 @@ class ExecProcess:
                     self._readers.append(_Reader(r, STREAM_STDERR))
                     stderr_fd = w
                 stdio = Stdio(stdin_fd, stdout_fd, stderr_fd)
-            pid = await runtime.exec(
-                cid,
-                process,
-                pid_file=pid_file,
-                console_socket=console_socket if s.tty else None,
-                stdio=stdio,
-            )
+            pid, master = await start(stdio)
             # Our child now (subreaper), a zombie at worst: the pid cannot be reused before we reap.
             self._pidfd = os.pidfd_open(pid)
             self.pid = pid
-            if console is not None:
-                self._master = await console
-                os.set_blocking(self._master, False)
-                self._readers.append(_Reader(self._master, STREAM_STDOUT))
+            if master is not None:
+                self._master = master
+                os.set_blocking(master, False)
+                self._readers.append(_Reader(master, STREAM_STDOUT))
                 if self._size is not None:
                     self.resize(*self._size)
         except BaseException:
-            if console is not None:
-                console.cancel()
+            if self._pidfd is None and pid:
+                with contextlib.suppress(ProcessLookupError):
+                    self._pidfd = os.pidfd_open(pid)
             if self._pidfd is not None:
                 with contextlib.suppress(ProcessLookupError):
                     signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
@@ -369,3 +355,41 @@ class ExecProcess:
         if self._resume is not None:
             self._resume.cancel()
             self._resume = None
+
+
+def runtime_starter(
+    runtime: OciRuntime, cid: str, process: Process, *, pid_file: Path, console_socket: Path | None
+) -> Starter:
+    """Start through `<runtime> exec --detach` (the pty master, if any, over a console socket)."""
+
+    async def start(stdio: Stdio) -> tuple[int, int | None]:
+        console = receive_console_master(console_socket) if process.terminal and console_socket else None
+        try:
+            pid = await runtime.exec(
+                cid,
+                process,
+                pid_file=pid_file,
+                console_socket=console_socket if console else None,
+                stdio=stdio,
+            )
+        except BaseException:
+            if console is not None:
+                console.cancel()
+            raise
+        finally:
+            await asyncio.to_thread(_unlink, pid_file)
+        if console is None:
+            return pid, None
+        try:
+            return pid, await console
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)  # our child: its pid stays ours until reaped
+            raise
+
+    return start
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()

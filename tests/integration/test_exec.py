@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from app.streams import parse_frames
+from runtime.nsexec import get_filter
 from tests.integration.daemon import DOCKER, Daemon, wait_for
 
 DEFAULT_CAPS = "00000000a80425fb"
@@ -385,3 +386,83 @@ def test_server_side_detach_keys_leave_the_process_running(daemon: Daemon, ctr: 
         read_all(s)  # the server ends the session: EOF
     time.sleep(0.2)  # the process must still be running after the session ended
     assert exec_inspect(daemon, eid)["Running"] is True
+
+
+# --- the exec fast path is confined exactly like runc exec ----------------------------------------
+
+PARITY_PROBE = r"""
+grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|Seccomp|Seccomp_filters):' /proc/self/status
+grep -E '^(Uid|Gid|Groups|SigIgn|SigBlk):' /proc/self/status
+cat /proc/self/limits
+echo "oom=$(cat /proc/self/oom_score_adj) cwd=$(pwd) umask=$(umask) home=$HOME"
+for ns in ipc mnt net pid uts cgroup; do echo "$ns=$(readlink /proc/self/ns/$ns)"; done
+cat /proc/self/cgroup
+set -- $(cat /proc/self/stat); [ "$6" = "$$" ] && echo session-leader || echo not-session-leader
+echo "fds=$(ls /proc/self/fd | tr '\n' ' ')"
+"""
+
+
+def runc_exec(daemon: Daemon, cid: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+    root = daemon.exec_root / "runtime"
+    return subprocess.run(["runc", "--root", str(root), "exec", cid, *args], capture_output=True, check=True)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        [],
+        ["--privileged"],
+        ["-u", "nobody", "--security-opt", "no-new-privileges", "--cap-drop", "ALL", "--cap-add", "NET_RAW"],
+        ["--ulimit", "nofile=512:1024", "--oom-score-adj", "300", "-w", "/tmp", "--group-add", "7"],
+        ["--security-opt", "seccomp=unconfined", "--cap-add", "SYS_PTRACE"],
+    ],
+    ids=["default", "privileged", "nobody-nnp-caps", "limits-cwd-groups", "unconfined"],
+)
+def test_fast_exec_is_confined_like_runc_exec(daemon: Daemon, options: list[str]) -> None:
+    name = uniq("par")
+    daemon.docker("run", "-d", "--name", name, *options, "busybox", "sleep", "1000")
+    try:
+        cid = json.loads(daemon.docker("inspect", name).stdout)[0]["Id"]
+        ours = daemon.docker("exec", name, "sh", "-c", PARITY_PROBE).stdout.decode().splitlines()
+        theirs = runc_exec(daemon, cid, "sh", "-c", PARITY_PROBE).stdout.decode().splitlines()
+        # runc 1.1's own exec sometimes leaves the soft RLIMIT_NOFILE at the hard limit (the Go
+        # runtime in `runc init` raises it, racing runc's prlimit): compare that line apart
+        nofile = [line for line in ours if line.startswith("Max open files")]
+        assert [line for line in ours if line not in nofile] == [
+            line for line in theirs if not line.startswith("Max open files")
+        ]
+        if "--ulimit" in options:
+            assert nofile[0].split()[3:5] == ["512", "1024"]
+        assert "session-leader" in ours
+        assert ours[-1].split("=")[1].split()[:3] == ["0", "1", "2"]  # nothing else leaks in
+        # the very same seccomp program (read back from both processes)
+        eid = daemon.json("POST", f"/v1.41/containers/{name}/exec", json={"Cmd": ["sleep", "77"]})["Id"]
+        daemon.request("POST", f"/v1.41/exec/{eid}/start", json={"Detach": True})
+        fast_pid = exec_inspect(daemon, eid)["Pid"]
+        pid_file = daemon.root / f"{name}.pid"
+        subprocess.run(["runc", "--root", str(daemon.exec_root / "runtime"), "exec", "-d", "--pid-file",
+                        str(pid_file), cid, "sleep", "78"], check=True)  # fmt: skip
+        runc_pid = int(pid_file.read_text())
+        init_pid = json.loads(daemon.docker("inspect", name).stdout)[0]["State"]["Pid"]
+        ours_bpf, init_bpf, runc_bpf = get_filter(fast_pid), get_filter(init_pid), get_filter(runc_pid)
+        assert ours_bpf == init_bpf  # the program runc loaded into the init, byte for byte
+        # runc compiles the profile anew for each process; its ENOSYS stub lists the architectures
+        # in Go's random map order, so only the first instructions may differ between compiles
+        assert len(runc_bpf) == len(ours_bpf)
+        assert runc_bpf[16 * 8 :] == ours_bpf[16 * 8 :]
+    finally:
+        daemon.docker("rm", "-f", name, check=False)
+
+
+def test_exec_through_runc_when_forced(tmp_root: Path, busybox_tar: Path) -> None:
+    """PYDOCK_EXEC_RUNTIME=runc: every exec goes through `runc exec` (the fallback path)."""
+    from tests.integration.daemon import running_daemon
+
+    with running_daemon(env={"PYDOCK_EXEC_RUNTIME": "runc"}) as d:
+        d.docker("load", "-q", "-i", str(busybox_tar))
+        d.docker("run", "-d", "--name", "forced", "busybox", "sleep", "1000")
+        r = d.docker("exec", "forced", "sh", "-c", "grep CapEff /proc/self/status; exit 4", check=False)
+        assert r.returncode == 4 and DEFAULT_CAPS.encode() in r.stdout
+        r = d.docker("exec", "forced", "nonexist", check=False)
+        assert r.returncode == 127
+        d.docker("rm", "-f", "forced")
