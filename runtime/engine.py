@@ -90,7 +90,13 @@ def _prepare_dirs(config: DaemonConfig) -> str:
     for directory in (config.exec_root, config.runtime_root, config.bundles_dir):
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(config.data_root, 0o711)
-    for directory in (config.data_root, config.containers_dir, config.volumes_dir, config.networks_dir):
+    for directory in (
+        config.data_root,
+        config.containers_dir,
+        config.volumes_dir,
+        config.networks_dir,
+        config.bundles_dir,
+    ):
         store.sweep(directory)
     return _load_engine_id(config.data_root)
 

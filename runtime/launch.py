@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Awaitable
@@ -227,7 +226,9 @@ class Launcher:
             self.ctx.fdkeeper.release(container.cid)
         rdir = self.runtime_dir(container)
         await self.ctx.mounts.release(container, self.rootfs(container))
-        await asyncio.to_thread(_clear_runtime_dir, rdir)
+        aside = await asyncio.to_thread(_set_runtime_dir_aside, rdir)
+        if aside is not None:  # bundle, FIFOs, pid file: deleted off the exit path
+            self.ctx.spawn(asyncio.to_thread(store.delete, aside))
 
     async def _forget_stopped(self, container: Container) -> bool:
         """What `runc delete` does for a stopped container (remove its cgroup and its state dir),
@@ -264,13 +265,18 @@ class Launcher:
         rdir = self.runtime_dir(container)
         rootfs = self.rootfs(container)
 
-        def blocking() -> None:
+        def blocking() -> list[Path]:
             with contextlib.suppress(OSError):
                 rootfs.unmount()
-            _clear_runtime_dir(rdir)
-            store.remove_tree(container.data_dir)
+            asides = [_set_runtime_dir_aside(rdir), store.set_aside(container.data_dir)]
+            return [p for p in asides if p is not None]
 
-        await asyncio.to_thread(blocking)
+        # Renamed aside, the container is gone; its files (the log may be large) are deleted in the
+        # background so that `rm` and `wait?condition=removed` answer at once. A crash before the
+        # delete finishes leaves `.removing` dirs that the startup sweep deletes.
+        leftovers = await asyncio.to_thread(blocking)
+        for path in leftovers:
+            self.ctx.spawn(asyncio.to_thread(store.delete, path))
         await self.ctx.network.forget(container)
 
 
@@ -285,9 +291,15 @@ def _lives(pid: int, start_time: int) -> bool:
 
 
 def _clear_runtime_dir(rdir: Path) -> None:
-    if rdir.is_dir():
-        with contextlib.suppress(OSError):
-            rootfs_mod.unmount(rdir / "rootfs")
-        shutil.rmtree(rdir, ignore_errors=True)
-    with contextlib.suppress(FileNotFoundError):
-        os.rmdir(rdir)
+    aside = _set_runtime_dir_aside(rdir)
+    if aside is not None:
+        store.delete(aside)
+
+
+def _set_runtime_dir_aside(rdir: Path) -> Path | None:
+    """Unmount what may still be mounted in a runtime dir and rename it aside for deletion."""
+    if not rdir.is_dir():
+        return None
+    with contextlib.suppress(OSError):
+        rootfs_mod.unmount(rdir / "rootfs")
+    return store.set_aside(rdir)

@@ -149,7 +149,9 @@ class Sandboxes:
         container.network_settings = self.settings(container)
         data = container.config_json()
         with contextlib.suppress(FileNotFoundError):  # removed meanwhile
-            await asyncio.to_thread(store.write_json, container.config_path, data)
+            # Not fsync'd: NetworkSettings change on every start and are re-derived at startup;
+            # the rename keeps the file whole (and ext4's auto_da_alloc flushes it before).
+            await asyncio.to_thread(store.write_json, container.config_path, data, durable=False)
 
     def _event(self, action: str, network: Network, cid: str) -> None:
         self.events.publish(

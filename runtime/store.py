@@ -60,18 +60,36 @@ def read_json(path: Path) -> Any:
         return json.loads(f.read())
 
 
-def remove_tree(path: Path) -> None:
-    """Remove a file or directory crash-safely: rename to `.<name>.removing`, then delete."""
+def set_aside(path: Path) -> Path | None:
+    """First half of a crash-safe removal: rename to `.<name>.<rand>.removing` (swept at startup).
+
+    Returns the new path, or None when there was nothing to remove.
+    """
     if not path.exists() and not path.is_symlink():
-        return
-    aside = path.with_name(f".{path.name}{REMOVING_SUFFIX}")
-    with contextlib.suppress(FileNotFoundError):
+        return None
+    # Unique: an earlier removal of the same name may still be deleting in the background.
+    aside = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{REMOVING_SUFFIX}")
+    try:
         os.replace(path, aside)
-    if aside.is_dir() and not aside.is_symlink():
-        shutil.rmtree(aside, ignore_errors=True)
+    except FileNotFoundError:
+        return None
+    return aside
+
+
+def delete(path: Path) -> None:
+    """Second half: delete what `set_aside` renamed (a file or a whole tree)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
     else:
         with contextlib.suppress(FileNotFoundError):
-            aside.unlink()
+            path.unlink()
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a file or directory crash-safely: rename to `.<name>.removing`, then delete."""
+    aside = set_aside(path)
+    if aside is not None:
+        delete(aside)
 
 
 def sweep(directory: Path) -> list[Path]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.integration.daemon import Daemon
+from tests.integration.daemon import Daemon, wait_for
 
 CYCLES = 200
 
@@ -75,6 +75,11 @@ def test_lifecycle_cycles_leak_nothing(daemon: Daemon) -> None:
         before = snapshot(daemon, api, cids)
         for i in range(CYCLES):
             cycle(api, cids, with_output=i % 2 == 0)
+        # Files of removed containers are deleted in the background: give that a moment.
+        settled = lambda: snapshot(daemon, api, cids)  # noqa: E731
+        wait_for(lambda: (lambda a: a.exec_entries == before.exec_entries
+                          and a.container_dirs == before.container_dirs)(settled()), 30,
+                 "background deletions to finish")  # fmt: skip
         after = snapshot(daemon, api, cids)
     print(f"\nleak accounting after {CYCLES} cycles: before={before} after={after}")
     assert after.mounts == before.mounts
