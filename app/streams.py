@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import struct
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from starlette.responses import StreamingResponse
@@ -50,6 +50,42 @@ def parse_frames(buf: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
         out.append((stream, buf[start : start + size]))
         pos = start + size
     return out, buf[pos:]
+
+
+COALESCE = 1 << 16
+
+
+def log_renderer(
+    *, tty: bool, timestamps: bool = False, details: bool = False
+) -> Callable[[list[tuple[bytes, bytes, bytes]]], bytes]:
+    """Turn decoded log records `(stream, payload, stamp)` into what a logs/attach client reads:
+    raw bytes for a TTY container, else 8-byte frames, consecutive records of one stream merged
+    into frames of up to 64 KiB (clients demultiplex any frame size; fewer frames are cheaper)."""
+
+    def render(records: list[tuple[bytes, bytes, bytes]]) -> bytes:
+        out = bytearray()
+        current = -1
+        pending = bytearray()
+        for stream, payload, stamp in records:
+            if details:
+                payload = b" " + payload
+            if timestamps:
+                payload = stamp + b" " + payload
+            if tty:
+                out += payload
+                continue
+            number = STDOUT if stream == b"stdout" else STDERR
+            if number != current or len(pending) >= COALESCE:
+                if pending:
+                    out += _HEADER.pack(current, len(pending)) + pending
+                    pending.clear()
+                current = number
+            pending += payload
+        if pending:
+            out += _HEADER.pack(current, len(pending)) + pending
+        return bytes(out)
+
+    return render
 
 
 def dumps(obj: Any) -> bytes:

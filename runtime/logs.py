@@ -6,24 +6,19 @@ with "\\n"), as dockerd does. Bytes that are not UTF-8 survive the round trip (t
 lone-surrogate escapes and restored on read).
 
 `LogWriter` is owned by one container's supervisor and writes from the event loop (page-cache
-writes without fsync do not block). `read_logs` serves `docker logs` (tail, since/until,
-follow): followers are woken by the writer, not by polling, and end when the writer closes.
+writes without fsync do not block). Reading back is `runtime/logread.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import calendar
 import contextlib
 import json
 import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 log = logging.getLogger("pydock.logs")
 
@@ -63,22 +58,6 @@ def format_time(now_ns: int) -> str:
     return _clock.stamp(now_ns)
 
 
-_parsed_second: tuple[str, int] = ("", 0)
-
-
-def parse_time(text: str) -> int:
-    """RFC 3339 UTC (any fraction length) → ns since the epoch; the date part is cached per second."""
-    global _parsed_second
-    main, _, frac = text.rstrip("Z").partition(".")
-    cached_text, cached_seconds = _parsed_second
-    if main == cached_text:
-        seconds = cached_seconds
-    else:
-        seconds = calendar.timegm(time.strptime(main, "%Y-%m-%dT%H:%M:%S"))
-        _parsed_second = (main, seconds)
-    return seconds * 1_000_000_000 + int((frac + "000000000")[:9] or 0)
-
-
 def encode_record(data: bytes, stream: str, now_ns: int) -> bytes:
     text = data.decode("utf-8", "surrogateescape")
     return (
@@ -90,40 +69,6 @@ def encode_record(data: bytes, stream: str, now_ns: int) -> bytes:
         + format_time(now_ns).encode()
         + b'"}\n'
     )
-
-
-@dataclass(slots=True, frozen=True)
-class LogRecord:
-    stream: str
-    data: bytes
-    time_ns: int
-    time_text: str
-
-
-_TAIL = re.compile(rb'","stream":"(stdout|stderr)","time":"([^"]+)"(?:,"attrs":\{[^}]*\})?\}$')
-
-
-def decode_record(line: bytes) -> LogRecord | None:
-    """Parse one log line; None for a line that is not a record (e.g. torn by a crash)."""
-    line = line.rstrip(b"\n")
-    match = _TAIL.search(line)
-    if match is None or not line.startswith(b'{"log":"'):
-        return None
-    body = line[8 : match.start()]
-    if b"\\" in body:
-        try:
-            text: str = json.loads(b'"' + body + b'"')
-        except ValueError:
-            return None
-        data = text.encode("utf-8", "surrogateescape")
-    else:
-        data = body
-    stamp = match.group(2).decode()
-    try:
-        when = parse_time(stamp)
-    except ValueError:
-        return None
-    return LogRecord(match.group(1).decode(), data, when, stamp)
 
 
 class LogWriter:
@@ -250,159 +195,3 @@ class LogWriter:
             self.closed = True
             os.close(self._fd)
             self.notify()
-
-
-def log_files(path: Path) -> list[Path]:
-    """The current log file and its rotated predecessors, oldest first."""
-    rotated: list[tuple[int, Path]] = []
-    for candidate in path.parent.glob(f"{path.name}.*"):
-        suffix = candidate.name[len(path.name) + 1 :]
-        if suffix.isdigit():
-            rotated.append((int(suffix), candidate))
-    return [p for _, p in sorted(rotated, reverse=True)] + ([path] if path.exists() else [])
-
-
-def _tail_lines(files: list[Path], count: int) -> list[bytes]:
-    """The last `count` record lines across `files` (oldest first), reading from the end."""
-    lines: list[bytes] = []
-    for path in reversed(files):
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            pos = f.tell()
-            rest = b""
-            while pos > 0 and len(lines) < count:
-                step = min(65536, pos)
-                pos -= step
-                f.seek(pos)
-                block = f.read(step) + rest
-                parts = block.split(b"\n")
-                rest = parts[0]
-                for part in reversed(parts[1:]):
-                    if part:
-                        lines.append(part)
-                        if len(lines) >= count:
-                            break
-            if rest and len(lines) < count and pos == 0:
-                lines.append(rest)
-        if len(lines) >= count:
-            break
-    return list(reversed(lines[:count]))
-
-
-@dataclass(slots=True)
-class LogQuery:
-    stdout: bool = True
-    stderr: bool = True
-    since_ns: int | None = None
-    until_ns: int | None = None
-    tail: int | None = None  # None = all
-    follow: bool = False
-
-
-def _wanted(record: LogRecord, query: LogQuery) -> bool:
-    if record.stream == STDOUT and not query.stdout:
-        return False
-    if record.stream == STDERR and not query.stderr:
-        return False
-    if query.since_ns is not None and record.time_ns < query.since_ns:
-        return False
-    return not (query.until_ns is not None and record.time_ns > query.until_ns)
-
-
-async def read_logs(
-    path: Path, query: LogQuery, writer: LogWriter | None = None
-) -> AsyncIterator[list[LogRecord]]:
-    """Batches of records matching `query`; with `follow`, live ones until the writer closes.
-
-    Blocking file reads run in a thread in big blocks; cancellation ends the stream.
-    """
-    if query.tail is not None:
-        files = log_files(path)
-        lines = await asyncio.to_thread(_tail_lines, files, query.tail) if query.tail > 0 else []
-        batch = [r for r in map(decode_record, lines) if r is not None and _wanted(r, query)]
-        if batch:
-            yield batch
-        if not query.follow or writer is None or writer.closed:
-            return
-        f = await asyncio.to_thread(_open_at_end, path)
-        generation = writer.generation
-    else:
-        files = log_files(path)
-        for old in files[:-1]:
-            async for batch in _read_whole(old, query):
-                yield batch
-        opened = await asyncio.to_thread(_open_or_none, path)
-        if opened is None:
-            return
-        f = opened
-        generation = writer.generation if writer else 0
-    try:
-        pending = b""
-        while True:
-            seen = writer.seq if writer is not None else 0
-            block = await asyncio.to_thread(f.read, 1 << 20)
-            if block:
-                pending += block
-                cut = pending.rfind(b"\n")
-                if cut >= 0:
-                    complete, pending = pending[: cut + 1], pending[cut + 1 :]
-                    batch = [
-                        r
-                        for r in map(decode_record, complete.split(b"\n")[:-1])
-                        if r is not None and _wanted(r, query)
-                    ]
-                    if batch:
-                        yield batch
-                continue
-            if not query.follow or writer is None or writer.closed:
-                return
-            if query.until_ns is not None and time.time_ns() > query.until_ns:
-                return
-            if writer.generation != generation:
-                # Rotated: the open file is complete; continue with the new one.
-                f.close()
-                reopened = await asyncio.to_thread(_open_or_none, path)
-                if reopened is None:
-                    return
-                f = reopened
-                generation = writer.generation
-                continue
-            await writer.wait_changed(seen)
-    finally:
-        f.close()
-
-
-async def _read_whole(path: Path, query: LogQuery) -> AsyncIterator[list[LogRecord]]:
-    f = await asyncio.to_thread(_open_or_none, path)
-    if f is None:
-        return
-    try:
-        pending = b""
-        while block := await asyncio.to_thread(f.read, 1 << 20):
-            pending += block
-            cut = pending.rfind(b"\n")
-            if cut < 0:
-                continue
-            complete, pending = pending[: cut + 1], pending[cut + 1 :]
-            batch = [
-                r
-                for r in map(decode_record, complete.split(b"\n")[:-1])
-                if r is not None and _wanted(r, query)
-            ]
-            if batch:
-                yield batch
-    finally:
-        f.close()
-
-
-def _open_or_none(path: Path) -> BinaryIO | None:
-    try:
-        return open(path, "rb")
-    except FileNotFoundError:
-        return None
-
-
-def _open_at_end(path: Path) -> BinaryIO:
-    f = open(path, "ab+")  # noqa: SIM115 - the reader closes it; creates a missing file
-    f.seek(0, os.SEEK_END)
-    return f

@@ -22,10 +22,10 @@ from app.deps import get_containers
 from app.hijack import RAW_STREAM, HijackChannel, HijackedResponse, hijack_channel
 from app.params import DockerBool
 from app.routers.system import parse_timestamp_ns
-from app.streams import STDERR, STDOUT, frame
+from app.streams import STDERR, STDOUT, frame, log_renderer
 from runtime.containers import ContainerService
 from runtime.errors import Conflict, InvalidParameter
-from runtime.logs import LogQuery, LogRecord, read_logs
+from runtime.logread import LogQuery, read_logs
 from runtime.stdio import Sink
 from runtime.supervisor import Supervisor
 
@@ -86,9 +86,9 @@ class ChannelSink(Sink):
 
 async def _replay_logs(sup: Supervisor, sink: ChannelSink) -> None:
     query = LogQuery(stdout=STDOUT in sink.streams, stderr=STDERR in sink.streams)
-    async for batch in read_logs(sup.container.log_path, query, None):
-        for record in batch:
-            sink.send(STDOUT if record.stream == "stdout" else STDERR, record.data)
+    render = log_renderer(tty=sink.tty)
+    async for chunk in read_logs(sup.container.log_path, query, None, render):
+        sink.channel.write(chunk)
         await sink.drain()
 
 
@@ -207,8 +207,8 @@ def _attach_without_upgrade(
         try:
             if logs:
                 query = LogQuery(stdout=stdout, stderr=stderr)
-                async for batch in read_logs(sup.container.log_path, query, None):
-                    yield b"".join(_log_payload(r, tty=tty, timestamps=False) for r in batch)
+                async for chunk in read_logs(sup.container.log_path, query, None, log_renderer(tty=tty)):
+                    yield chunk
             if stream:
                 while (item := await queue.get()) is not None:
                     yield item
@@ -217,17 +217,6 @@ def _attach_without_upgrade(
                 detach()
 
     return StreamingResponse(body(), media_type=RAW_STREAM)
-
-
-def _log_payload(record: LogRecord, *, tty: bool, timestamps: bool, details: bool = False) -> bytes:
-    data = record.data
-    if details:
-        data = b" " + data
-    if timestamps:
-        data = record.time_text.encode() + b" " + data
-    if tty:
-        return data
-    return frame(STDOUT if record.stream == "stdout" else STDERR, data)
 
 
 @router.get("/containers/{ref}/logs", operation_id="ContainerLogs", response_class=StreamingResponse)
@@ -270,9 +259,11 @@ async def container_logs(
     tty = c.config.Tty
     writer = sup.log_writer if c.state.running else None
 
+    render = log_renderer(tty=tty, timestamps=timestamps, details=details)
+
     async def body() -> AsyncIterator[bytes]:
-        async for batch in read_logs(c.log_path, query, writer):
-            yield b"".join(_log_payload(r, tty=tty, timestamps=timestamps, details=details) for r in batch)
+        async for chunk in read_logs(c.log_path, query, writer, render):
+            yield chunk
 
     # No Content-Type below API 1.42, as dockerd 20.10 answers (PROTOCOL.md §2 logs).
     return StreamingResponse(body())
