@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -31,6 +32,10 @@ from runtime import busybox_image
 
 DOCKER = shutil.which("docker", path="/usr/local/bin:" + os.environ.get("PATH", "")) or "docker"
 LABEL = "pydock.bench.exec=1"
+
+
+def _remove(host: str, cid: str) -> None:
+    docker(host, "rm", "-f", cid, check=False)
 
 
 def docker(host: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
@@ -105,9 +110,7 @@ def run(pydock_host: str, dockerd_host: str | None, rounds: int = 40, warmup: in
                     .stdout.decode()
                     .strip()
                 )
-                cleanups.append(
-                    lambda host=host, cid=cid: docker(host, "rm", "-f", cid, check=False) and None
-                )
+                cleanups.append(functools.partial(_remove, host, cid))
                 samplers[name] = timer(host, "exec", cid, "true")
             floor = runc_floor(work / "floor")
             if floor is not None:

@@ -284,6 +284,8 @@ class FastExec:
         target = await self._target(cid)
         req = {
             "op": "exec",
+            "init_pid": target.init_pid,
+            "init_start": target.init_start,
             "namespaces": [list(ns) for ns in target.namespaces],
             "cgroup_procs": list(target.cgroup_procs),
             "seccomp": target.seccomp,

@@ -93,6 +93,7 @@ RLIMITS = {
     "RLIMIT_RTPRIO": 14, "RLIMIT_RTTIME": 15,
 }  # fmt: skip
 STEP_TIMEOUT_S = 10.0
+MAX_FD = 1 << 20  # above any fd this process can hold
 MAX_MESSAGE = 1 << 20
 
 
@@ -325,10 +326,10 @@ def become(
         if not any(e.startswith("HOME=") for e in env):
             env.append(f"HOME={passwd_home(uid)}")
         # Close every fd we do not hand on (the helper's socket above all) before anything runs.
-        keep = {0, 1, 2, report}
-        for fd in sorted(int(n) for n in os.listdir("/proc/self/fd") if int(n) not in keep):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        # close_range(2) under os.closerange: no /proc listing, which a privileged container
+        # could have mounted over.
+        os.closerange(3, report)
+        os.closerange(report + 1, MAX_FD)
         program: bytes = bytes.fromhex(req.get("seccomp") or "")
         if program and not nnp:
             load_filter(program)  # a privileged operation without no_new_privs: before the drop
@@ -368,6 +369,14 @@ def become(
     except BaseException as exc:  # whatever happened: say it, never return
         _report(report, f"{type(exc).__name__}: {exc}")
     os._exit(1)
+
+
+def _start_time(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return -1
 
 
 def _strerror(exc: OSError) -> str:
@@ -421,7 +430,17 @@ def do_exec(req: dict[str, Any], stdio: list[int]) -> tuple[dict[str, Any], list
     if a == 0:  # A: join the namespaces, fork B, report its pid, go
         try:
             prctl(PR_SET_DUMPABLE, 0)
+            # Inside the container's mount namespace, an import would read the image's files
+            # with every capability still held: forbid imports in A and B altogether.
+            sys.meta_path.clear()
+            sys.path_hooks.clear()
+            sys.path_importer_cache.clear()
+            sys.path.clear()
             fds = [(os.open(path, os.O_RDONLY | os.O_CLOEXEC), NS_FLAGS[kind]) for kind, path in ns_paths]
+            # The namespaces must be the init's: if its pid was reused before the opens, the start
+            # time differs now (after them, the fds hold the right namespaces whatever happens).
+            if _start_time(int(req["init_pid"])) != int(req["init_start"]):
+                raise ExecError("the container's init is gone")
             for fd, flag in fds:
                 _errcheck(libc.setns(fd, flag), "setns")
                 os.close(fd)
@@ -523,7 +542,9 @@ def main() -> None:
     # not touch (and so copy) the helper's pages, which keeps fork-to-exec short.
     gc.disable()
     gc.freeze()
-    sock = socket.socket(fileno=int(sys.argv[1]))
+    fd = int(sys.argv[1])
+    os.set_inheritable(fd, False)  # never reaches a process started in a container
+    sock = socket.socket(fileno=fd)
     serve(sock)
 
 
