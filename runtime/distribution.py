@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import logging
+import threading
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import IO, Any, BinaryIO, cast
+from typing import IO, Any, BinaryIO, TypeVar, cast
 
 from runtime import layers, reference
 from runtime.errors import InvalidParameter, NotFound, PydockError
 from runtime.images import ImageService, LayerJob, Progress
-from runtime.imagestore import MEDIA_OCI_GZIP, MEDIA_TAR_GZIP, LayerRecord, hex_of
+from runtime.imagestore import MEDIA_OCI_GZIP, MEDIA_TAR_GZIP, BlobWriter, LayerRecord, hex_of
 from runtime.progress import ProgressReader, Throttle, layer_message
 from runtime.registry import (
     INDEX_TYPES,
@@ -37,6 +38,7 @@ from runtime.registry import (
     RegistryError,
     pull_error,
     select_platform,
+    verification_failed,
 )
 
 log = logging.getLogger("pydock.distribution")
@@ -159,67 +161,280 @@ def _layer_maker(
                 del svc.active_blobs[digest]
 
     async def _make(job: LayerJob) -> LayerRecord:
-        if not svc.store.has_blob(digest):
-            await _download(svc, client, repo, digest, declared_size, short, job)
-        svc.blob_sources.setdefault(digest, set()).add(f"{client.host}/{repo}")
-        size = svc.store.blob_path(digest).stat().st_size
-        loop = asyncio.get_running_loop()
-
-        def report(done: int) -> None:
-            loop.call_soon_threadsafe(job.emit, layer_message(short, "Extracting", done, size))
-
-        def opener() -> IO[bytes]:
-            raw = ProgressReader(open(svc.store.blob_path(digest), "rb"), report)  # noqa: SIM115
-            return io.BufferedReader(raw, layers.CHUNK)
-
-        try:
-            record = await asyncio.to_thread(
-                svc.store.create_layer_blocking,
-                parent,
-                opener,
-                blob=(digest, media, size),
-                expected_diff_id=diff_id,
+        if svc.store.has_blob(digest):
+            record = await _unpack_stored_blob(svc, digest, media, parent, diff_id, short, job)
+        else:
+            record = await _download_and_unpack(
+                svc, client, repo, (digest, media, declared_size), parent, diff_id, short, job
             )
-        except PydockError:
-            # A blob that does not unpack to its diff ID is useless: drop it so a retry refetches.
-            with contextlib.suppress(OSError):
-                svc.store.blob_path(digest).unlink()
-            raise
+        svc.blob_sources.setdefault(digest, set()).add(f"{client.host}/{repo}")
         job.emit(layer_message(short, "Pull complete"))
         return record
 
     return make
 
 
-async def _download(
-    svc: ImageService, client: RegistryClient, repo: str, digest: str, size: int, short: str, job: LayerJob
-) -> None:
+async def _unpack_stored_blob(
+    svc: ImageService, digest: str, media: str, parent: str | None, diff_id: str, short: str, job: LayerJob
+) -> LayerRecord:
+    """A layer from a blob already in the store (left by an earlier pull, or shared by a layer
+    with another parent)."""
+    size = svc.store.blob_path(digest).stat().st_size
+    loop = asyncio.get_running_loop()
+
+    def report(done: int) -> None:
+        loop.call_soon_threadsafe(job.emit, layer_message(short, "Extracting", done, size))
+
+    def opener() -> IO[bytes]:
+        raw = open(svc.store.blob_path(digest), "rb", buffering=0)  # noqa: SIM115 - closed by the unpack
+        return cast(IO[bytes], ProgressReader(raw, report))
+
+    try:
+        return await asyncio.to_thread(
+            svc.store.create_layer_blocking,
+            parent,
+            opener,
+            blob=(digest, media, size),
+            expected_diff_id=diff_id,
+        )
+    except PydockError:
+        # A blob that does not unpack to its diff ID is useless: drop it so a retry refetches.
+        with contextlib.suppress(OSError):
+            svc.store.blob_path(digest).unlink()
+        raise
+
+
+async def _download_and_unpack(
+    svc: ImageService,
+    client: RegistryClient,
+    repo: str,
+    blob: tuple[str, str, int],
+    parent: str | None,
+    diff_id: str,
+    short: str,
+    job: LayerJob,
+) -> LayerRecord:
+    """Download a layer blob and unpack it at the same time.
+
+    The event loop receives the body and hands its chunks to a thread of this layer
+    (`_BodyPipe`), which writes them to a new blob (hashing them) and unpacks them into a
+    temp layer dir as they come. Only when the whole body is in and its digest is right do
+    the blob and then the layer land (`ImageStore.create_layer_blocking` with a `blob`
+    callable); otherwise both temp files are thrown away. A SIGKILL at any point leaves temp
+    names only, which the startup sweep removes.
+    """
+    digest, media, declared_size = blob
     if svc.download_slots.locked():
         job.emit(layer_message(short, "Waiting"))
-    async with svc.download_slots:
+    async with svc.download_slots:  # for the transfer only: the unpacking may finish after it
         writer = await asyncio.to_thread(svc.store.new_blob_writer)
+        pipe = _BodyPipe(asyncio.get_running_loop())
+        source = _StreamedBlob(pipe, writer)
+
+        def land() -> tuple[str, str, int]:
+            actual = source.finish()
+            if actual != digest:
+                raise RegistryError(verification_failed(digest, actual))
+            writer.commit(digest)
+            return digest, media, writer.size
+
+        def work() -> LayerRecord:
+            try:
+                try:
+                    return svc.store.create_layer_blocking(
+                        parent, lambda: cast(IO[bytes], source), blob=land, expected_diff_id=diff_id
+                    )
+                except layers.InvalidLayer as exc:
+                    # Bytes that are not the blob the registry named usually break the layer
+                    # before the end: when the digest is wrong, that is what to report.
+                    writer.stop_storing()
+                    actual = source.finish()
+                    if actual != digest:
+                        raise RegistryError(verification_failed(digest, actual)) from exc
+                    raise
+            finally:
+                writer.abort()  # nothing left after a commit
+                pipe.abandon()
+
+        unpacked = _run_in_thread(work, f"pull {short}")
         throttle = Throttle()
+        got = total = 0
         try:
-            buf = bytearray()
-            got = 0
-            total = size
-            async for chunk in client.stream_blob(repo, digest):
-                buf += chunk
-                got += len(chunk)
-                if len(buf) >= layers.CHUNK:
-                    await asyncio.to_thread(writer.write, bytes(buf))
-                    buf.clear()
-                if throttle.ready():
-                    job.emit(layer_message(short, "Downloading", got, total))
-            if buf:
-                await asyncio.to_thread(writer.write, bytes(buf))
-            job.emit(layer_message(short, "Downloading", got, total))  # the bar ends full, as dockerd's
-            job.emit(layer_message(short, "Verifying Checksum"))
-            await asyncio.to_thread(writer.commit, digest)
-        except BaseException:
-            await asyncio.shield(asyncio.to_thread(writer.abort))
+            async with client.blob_body(repo, digest) as (chunks, length):
+                total = declared_size or max(length, 0)
+                async for chunk in chunks:
+                    if not await pipe.put(chunk):
+                        break  # the unpacking failed: its error is raised below
+                    got += len(chunk)
+                    if throttle.ready():
+                        job.emit(layer_message(short, "Downloading", got, total))
+            pipe.close()
+        except BaseException as exc:
+            pipe.fail(RegistryError(f"download of {digest} stopped: {exc!r}"))
+            with contextlib.suppress(Exception):
+                await asyncio.shield(unpacked)
             raise
+    if not pipe.abandoned:
+        job.emit(layer_message(short, "Downloading", got, total))  # the bar ends full, as dockerd's
+        job.emit(layer_message(short, "Verifying Checksum"))
+    try:
+        record = await asyncio.shield(unpacked)
+    except asyncio.CancelledError:
+        pipe.fail(RegistryError(f"pull of {digest} cancelled"))
+        with contextlib.suppress(Exception):
+            await unpacked
+        raise
     job.emit(layer_message(short, "Download complete"))
+    job.emit(layer_message(short, "Extracting", writer.size, writer.size))
+    return record
+
+
+T = TypeVar("T")
+
+
+def _run_in_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
+    """`fn()` in a thread of its own (not the default executor: it may wait for the loop to
+    feed it, and a pool could be full of such waiters); its outcome as a future."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, exc: BaseException | None) -> None:
+        if future.cancelled():
+            return
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(cast(T, result))
+
+    def target() -> None:
+        try:
+            result = fn()
+        except BaseException as exc:  # handed to the awaiting task
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(settle, None, exc)
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return future
+
+
+PIPE_BYTES = 8 << 20  # per layer: how far the download may run ahead of the unpacking
+
+
+class _BodyPipe:
+    """Chunks of a response body, from the event loop to the one thread that reads them.
+
+    Back-pressure: `put` waits while PIPE_BYTES are buffered. The thread takes what has
+    arrived, up to a size, in one piece (few, large buffers: hashing, writing and inflating
+    them release the GIL for longer stretches). Either side can stop the other: the loop with
+    `fail` (the thread's next `take` raises) or `close` (end of body), the thread with
+    `abandon` (the loop's next `put` says so).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int = PIPE_BYTES) -> None:
+        self._loop = loop
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._eof = False
+        self._error: BaseException | None = None
+        self._space = asyncio.Event()
+        self._putter_waits = False
+        self.abandoned = False
+
+    async def put(self, chunk: bytes) -> bool:
+        """Queue a chunk; False when the reader has gone (stop sending)."""
+        while True:
+            with self._lock:
+                if self.abandoned:
+                    return False
+                if self._buffered < self._limit:
+                    self._chunks.append(chunk)
+                    self._buffered += len(chunk)
+                    self._arrived.notify()
+                    return True
+                self._putter_waits = True
+                self._space.clear()
+            await self._space.wait()
+
+    def close(self) -> None:
+        with self._lock:
+            self._eof = True
+            self._arrived.notify()
+
+    def fail(self, exc: BaseException) -> None:
+        with self._lock:
+            if self._error is None:
+                self._error = exc
+            self._arrived.notify()
+
+    def abandon(self) -> None:
+        """The reader stops (from its thread): drop what is buffered, release the loop."""
+        with self._lock:
+            self.abandoned = True
+            self._chunks.clear()
+            self._buffered = 0
+            self._wake_putter()
+
+    def _wake_putter(self) -> None:
+        if self._putter_waits:
+            self._putter_waits = False
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                self._loop.call_soon_threadsafe(self._space.set)
+
+    def take(self, n: int) -> bytes:
+        """Up to `n` bytes (blocking until some arrive); b"" at the end of the body."""
+        with self._lock:
+            while not self._chunks and not self._eof and self._error is None:
+                self._arrived.wait()
+            if self._error is not None:
+                raise self._error
+            parts: list[bytes] = []
+            got = 0
+            while self._chunks and got < n:
+                chunk = self._chunks[0]
+                if got + len(chunk) > n:
+                    if not parts:  # one chunk larger than asked for: split it
+                        parts.append(chunk[:n])
+                        self._chunks[0] = chunk[n:]
+                        got = n
+                    break
+                parts.append(self._chunks.popleft())
+                got += len(chunk)
+            self._buffered -= got
+            self._wake_putter()
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class _StreamedBlob:
+    """What the unpacking thread reads: the body as it arrives, written to a new blob on the
+    way (the BlobWriter hashes it)."""
+
+    def __init__(self, pipe: _BodyPipe, writer: BlobWriter) -> None:
+        self._pipe = pipe
+        self._writer = writer
+
+    def __enter__(self) -> _StreamedBlob:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass  # the pipe may still be drained (`finish`)
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._pipe.take(n if n > 0 else layers.CHUNK)
+        if data:
+            self._writer.write(data)
+        return data
+
+    def finish(self) -> str:
+        """Read the body to its end; the digest of all of it."""
+        while self.read(layers.CHUNK):
+            pass
+        return self._writer.digest
 
 
 # --- push ----------------------------------------------------------------------------------------

@@ -158,10 +158,16 @@ class BlobWriter:
         self._hasher = hashlib.sha256()
         self.size = 0
 
-    def write(self, data: bytes) -> None:
-        self.file.write(data)
+    def write(self, data: bytes | memoryview) -> None:
+        if not self.file.closed:
+            self.file.write(data)
         self._hasher.update(data)
         self.size += len(data)
+
+    def stop_storing(self) -> None:
+        """Hash what follows without writing it (a blob read to the end only to learn its
+        digest: it will not be committed)."""
+        self.abort()
 
     @property
     def digest(self) -> str:
@@ -324,14 +330,17 @@ class ImageStore:
         parent: str | None,
         opener: Callable[[], IO[bytes]],
         *,
-        blob: tuple[str, str, int] | None,
+        blob: tuple[str, str, int] | Callable[[], tuple[str, str, int]] | None,
         expected_diff_id: str | None = None,
         max_bytes: int = layers.DEFAULT_MAX_BYTES,
     ) -> LayerRecord:
         """Unpack a layer tar on top of `parent` (a chain ID) and land it by its chain ID.
 
         `blob` is (digest, media type, size) of the stored blob that `opener` reads; when None,
-        the uncompressed stream is kept as a new blob (its digest is the diff ID). Raises
+        the uncompressed stream is kept as a new blob (its digest is the diff ID). When it is a
+        callable, `opener` reads a blob still being downloaded: the callable is called once the
+        layer is unpacked and its diff ID checked, and before anything lands; it verifies and
+        lands the blob (raising if its digest is wrong) and returns the triple. Raises
         InvalidLayer / DigestMismatch; nothing is left behind on failure.
         """
         tmp = self.layers_dir / f"{store.TMP_PREFIX}{uuid.uuid4().hex}"
@@ -352,6 +361,8 @@ class ImageStore:
             if tee is not None:
                 blob = (tee.commit(result.diff_id), MEDIA_TAR, tee.size)
                 tee = None
+            elif callable(blob):
+                blob = blob()
             assert blob is not None
             chain_id = result.diff_id if parent is None else layers.chain_ids([parent, result.diff_id])[1]
             # chain_ids([p, d])[1] = sha256(p + " " + d): the chain of d on top of chain p.

@@ -75,6 +75,15 @@ def chain_ids(diff_ids: list[str]) -> list[str]:
 
 
 # --- readers ----------------------------------------------------------------------------------
+#
+# The uncompressed stream is produced as a sequence of chunks of up to CHUNK bytes (a generator
+# per compression), and everything else works on whole chunks: the diff ID is hashed, the size
+# capped and the disk space checked once per chunk, and file contents are written to disk from
+# the chunks themselves (`_LayerStream.copy_to`), without the copies that layered file objects
+# and tarfile's stream buffer make. zlib, zstd and hashlib release the GIL on such buffers.
+
+GZIP_WBITS = 16 + zlib.MAX_WBITS
+INFLATE_INPUT = 256 << 10  # compressed bytes per zlib call: bounds the unconsumed-tail copies
 
 
 def detect_compression(head: bytes) -> Compression:
@@ -85,138 +94,243 @@ def detect_compression(head: bytes) -> Compression:
     return "none"
 
 
-class _Peekable(io.RawIOBase):
-    """A raw reader with a few bytes of look-ahead (to sniff the compression magic)."""
+def _read(src: IO[bytes], n: int) -> bytes:
+    data = src.read(n)
+    return data if data else b""
 
-    def __init__(self, src: IO[bytes]) -> None:
+
+def _plain_chunks(src: IO[bytes], head: bytes) -> Iterator[bytes]:
+    if head:
+        yield head
+    while chunk := _read(src, CHUNK):
+        yield chunk
+
+
+def _gunzip_chunks(src: IO[bytes], head: bytes) -> Iterator[bytes]:
+    """Multi-member gzip, streaming, each output chunk at most CHUNK bytes (a bomb inflates
+    one bounded chunk at a time). Truncation is reported; zero padding after the last member
+    is tolerated (as gzip(1) does)."""
+    z = zlib.decompressobj(GZIP_WBITS)
+    in_member = False
+    view = memoryview(head)
+    pending = False  # the last call filled its output: zlib may hold more without new input
+    while True:
+        tail = z.unconsumed_tail
+        if not tail and not view and not pending:
+            data = _read(src, CHUNK)
+            if not data:
+                if in_member:
+                    raise InvalidLayer("unexpected EOF: gzip stream is truncated")
+                return
+            view = memoryview(data)
+        if not in_member:
+            if not bytes(view).strip(b"\0"):
+                view = memoryview(b"")
+                continue
+            in_member = True
+        if tail:
+            piece: bytes | memoryview = tail
+        else:
+            piece, view = view[:INFLATE_INPUT], view[INFLATE_INPUT:]
+        try:
+            out = z.decompress(piece, CHUNK)
+        except zlib.error as exc:
+            raise InvalidLayer(f"invalid gzip data: {exc}") from exc
+        pending = len(out) == CHUNK
+        if out:
+            yield out
+        if z.eof:
+            view = memoryview(z.unused_data + bytes(view)) if z.unused_data else view
+            z = zlib.decompressobj(GZIP_WBITS)
+            in_member = pending = False
+
+
+def _unzstd_chunks(src: IO[bytes], head: bytes) -> Iterator[bytes]:
+    reader = zstandard.ZstdDecompressor().stream_reader(
+        cast(IO[bytes], _Prepended(head, src)), read_size=CHUNK, read_across_frames=True, closefd=False
+    )
+    while True:
+        try:
+            chunk = reader.read(CHUNK)
+        except zstandard.ZstdError as exc:
+            raise InvalidLayer(f"invalid zstd data: {exc}") from exc
+        if not chunk:
+            return
+        yield chunk
+
+
+class _Prepended:
+    """`read()` of `head`, then of `src`."""
+
+    def __init__(self, head: bytes, src: IO[bytes]) -> None:
+        self._head = head
         self._src = src
-        self._head = b""
 
-    def peek(self, n: int) -> bytes:
-        while len(self._head) < n:
-            more = self._src.read(n - len(self._head))
-            if not more:
-                break
-            self._head += more
-        return self._head[:n]
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf: memoryview | bytearray) -> int:  # type: ignore[override]
+    def read(self, n: int = -1) -> bytes:
         if self._head:
-            n = min(len(buf), len(self._head))
-            buf[:n] = self._head[:n]
-            self._head = self._head[n:]
-            return n
-        data = self._src.read(len(buf))
-        buf[: len(data)] = data
-        return len(data)
+            out = self._head if n < 0 else self._head[:n]
+            self._head = self._head[len(out) :]
+            return out
+        return _read(self._src, n)
 
 
-class _GzipReader(io.RawIOBase):
-    """Multi-member gzip decoding that reports truncation clearly (zlib, streaming)."""
+def decompressed_chunks(src: IO[bytes]) -> tuple[Iterator[bytes], Compression]:
+    """The uncompressed bytes of `src` as chunks (gzip, zstd or plain, by magic bytes)."""
+    head = b""
+    while len(head) < len(ZSTD_MAGIC):
+        more = _read(src, CHUNK)
+        if not more:
+            break
+        head += more
+    kind = detect_compression(head)
+    if kind == "gzip":
+        return _gunzip_chunks(src, head), kind
+    if kind == "zstd":
+        return _unzstd_chunks(src, head), kind
+    return _plain_chunks(src, head), kind
 
-    def __init__(self, src: IO[bytes]) -> None:
-        self._src = src
-        self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        self._pending = b""
-        self._done = False
-        self._started = False
+
+class _ChunkRaw(io.RawIOBase):
+    """A raw reader over a chunk iterator (for `open_decompressed`)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buf = b""
+        self._off = 0
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buf: memoryview | bytearray) -> int:  # type: ignore[override]
-        while not self._pending and not self._done:
-            if self._z.unconsumed_tail:
-                data = self._z.unconsumed_tail
-            else:
-                data = self._src.read(CHUNK)
-                if not data:
-                    if not self._z.eof and self._started:
-                        raise InvalidLayer("unexpected EOF: gzip stream is truncated")
-                    self._done = True
-                    break
-            self._started = True
-            try:
-                self._pending = self._z.decompress(data, CHUNK)
-            except zlib.error as exc:
-                raise InvalidLayer(f"invalid gzip data: {exc}") from exc
-            if self._z.eof:
-                rest = self._z.unused_data
-                self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                self._started = False
-                # Trailing zero padding after the last member is tolerated (as gzip(1) does).
-                if rest.strip(b"\0"):
-                    self._started = True
-                    self._pending += self._z.decompress(rest, CHUNK)
-        n = min(len(buf), len(self._pending))
-        buf[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
+        if self._off >= len(self._buf):
+            self._buf = next(self._chunks, b"")
+            self._off = 0
+        n = min(len(buf), len(self._buf) - self._off)
+        buf[:n] = self._buf[self._off : self._off + n]
+        self._off += n
         return n
 
 
-class _CappedHashingReader(io.RawIOBase):
-    """Counts and hashes what passes through; refuses to go past `max_bytes`; may tee."""
+def open_decompressed(src: IO[bytes]) -> tuple[IO[bytes], Compression]:
+    """Wrap `src` in the decompressor its magic bytes call for."""
+    chunks, kind = decompressed_chunks(src)
+    return cast(IO[bytes], io.BufferedReader(_ChunkRaw(chunks), CHUNK)), kind
+
+
+class _LayerStream:
+    """The uncompressed layer tar, hashed (diff ID), counted and capped as it is produced.
+
+    It is the file object of tarfile's random-access mode (`"r:"`), used forward only: tarfile
+    reads headers and seeks to the next one; file contents are taken directly by `copy_to`.
+    A seek backwards is refused (tarfile never does one in this use).
+    """
 
     def __init__(
-        self, src: IO[bytes], max_bytes: int, tee: IO[bytes] | None = None, space_fd: int | None = None
+        self,
+        chunks: Iterator[bytes],
+        max_bytes: int,
+        tee: IO[bytes] | None = None,
+        space_fd: int | None = None,
     ) -> None:
-        self._src = src
+        self._chunks = chunks
         self._max = max_bytes
         self._tee = tee
         self._space_fd = space_fd  # a directory on the filesystem that must not fill up
         self._next_space_check = 0
+        self._buf = b""
+        self._off = 0
+        self._eof = False
+        self.pos = 0  # bytes consumed by the reader
+        self.count = 0  # bytes produced (and hashed)
         self.hasher = hashlib.sha256()
-        self.count = 0
 
-    def readable(self) -> bool:
-        return True
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.hasher.hexdigest()
 
-    def readinto(self, buf: memoryview | bytearray) -> int:  # type: ignore[override]
+    def _fill(self) -> bool:
+        """The next chunk into the buffer (the current one is used up); False at the end."""
+        if self._eof:
+            return False
         try:
-            data = self._src.read(len(buf))
+            chunk = next(self._chunks, b"")
         except (EOFError, OSError, zstandard.ZstdError) as exc:
             raise InvalidLayer(f"invalid compressed layer data: {exc}") from exc
-        if data is None:
-            return 0
-        self.count += len(data)
+        if not chunk:
+            self._eof = True
+            self._buf, self._off = b"", 0
+            return False
+        self.count += len(chunk)
         if self.count > self._max:
             raise InvalidLayer(f"layer is larger than the limit of {self._max} bytes uncompressed")
         if self._space_fd is not None and self.count >= self._next_space_check:
             headroom = _check_free_space(self._space_fd, self.count)
             # look again well before the headroom could be used up (a tee may double the writes)
             self._next_space_check = self.count + max(64 << 10, min(SPACE_CHECK_EVERY, headroom // 4))
-        self.hasher.update(data)
+        self.hasher.update(chunk)
         if self._tee is not None:
-            self._tee.write(data)
-        buf[: len(data)] = data
-        return len(data)
+            self._tee.write(chunk)
+        self._buf, self._off = chunk, 0
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        avail = len(self._buf) - self._off
+        if 0 <= n <= avail:
+            out = self._buf[self._off : self._off + n]
+            self._off += n
+            self.pos += n
+            return out
+        parts = [self._buf[self._off :]] if avail else []
+        got = avail
+        self._off = len(self._buf)
+        while (n < 0 or got < n) and self._fill():
+            take = len(self._buf) if n < 0 else min(n - got, len(self._buf))
+            parts.append(self._buf[:take])
+            self._off = take
+            got += take
+        self.pos += got
+        return b"".join(parts)
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        if whence != io.SEEK_SET or pos < self.pos:
+            raise InvalidLayer("invalid tar archive: it would need to be read backwards")
+        self.skip(pos - self.pos)
+        return self.pos
+
+    def skip(self, n: int) -> int:
+        """Consume up to `n` bytes; how many there were."""
+        done = 0
+        while done < n:
+            if self._off >= len(self._buf) and not self._fill():
+                break
+            take = min(n - done, len(self._buf) - self._off)
+            self._off += take
+            done += take
+        self.pos += done
+        return done
+
+    def copy_to(self, fd: int, n: int) -> int:
+        """Write the next `n` bytes to `fd` (straight from the chunks); how many there were."""
+        done = 0
+        while done < n:
+            if self._off >= len(self._buf) and not self._fill():
+                break
+            take = min(n - done, len(self._buf) - self._off)
+            _write_all(fd, memoryview(self._buf)[self._off : self._off + take])
+            self._off += take
+            done += take
+        self.pos += done
+        return done
 
     def drain(self) -> None:
-        while self.read(CHUNK):
-            pass
-
-    @property
-    def digest(self) -> str:
-        return "sha256:" + self.hasher.hexdigest()
-
-
-def open_decompressed(src: IO[bytes]) -> tuple[IO[bytes], Compression]:
-    """Wrap `src` in the decompressor its magic bytes call for."""
-    peek = _Peekable(src)
-    kind = detect_compression(peek.peek(4))
-    raw: io.RawIOBase
-    if kind == "gzip":
-        raw = _GzipReader(cast(IO[bytes], peek))
-    elif kind == "zstd":
-        raw = cast(
-            io.RawIOBase, zstandard.ZstdDecompressor().stream_reader(cast(IO[bytes], peek), read_size=CHUNK)
-        )
-    else:
-        raw = peek
-    return cast(IO[bytes], io.BufferedReader(raw, CHUNK)), kind
+        """Consume the rest (so that the digest covers the whole stream)."""
+        self.pos += len(self._buf) - self._off
+        while self._fill():
+            self.pos += len(self._buf)
+        self._off = len(self._buf)
 
 
 _META_TYPES = (
@@ -284,6 +398,7 @@ def _clean_parts(name: str, what: str) -> list[str]:
 class _Unpacker:
     root_fd: int
     whiteouts: WhiteoutMode
+    stream: _LayerStream | None = None  # the tar's own stream: regular files are copied from it
     is_root: bool = field(default_factory=lambda: os.geteuid() == 0)
     _dir_fds: dict[tuple[str, ...], int] = field(default_factory=dict)
     _deferred_dirs: list[tuple[tuple[str, ...], tarfile.TarInfo]] = field(default_factory=list)
@@ -437,15 +552,20 @@ class _Unpacker:
             base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd
         )
         try:
-            src = tf.extractfile(member)
-            if src is not None:
-                remaining = member.size
-                while remaining > 0:
-                    chunk = src.read(min(CHUNK, remaining))
-                    if not chunk:
-                        raise InvalidLayer(f"unexpected EOF in tar member {member.name!r}")
-                    _write_all(fd, chunk)
-                    remaining -= len(chunk)
+            if self.stream is not None and member.sparse is None:
+                self.stream.seek(member.offset_data)
+                if self.stream.copy_to(fd, member.size) != member.size:
+                    raise InvalidLayer(f"unexpected EOF in tar member {member.name!r}")
+            else:
+                src = tf.extractfile(member)
+                if src is not None:
+                    remaining = member.size
+                    while remaining > 0:
+                        chunk = src.read(min(CHUNK, remaining))
+                        if not chunk:
+                            raise InvalidLayer(f"unexpected EOF in tar member {member.name!r}")
+                        _write_all(fd, chunk)
+                        remaining -= len(chunk)
             self.size += member.size
             self._owner_fd(fd, member)
             os.fchmod(fd, member.mode & 0o7777)
@@ -565,7 +685,7 @@ def _remove_at(dfd: int, name: str) -> None:
         os.unlink(name, dir_fd=dfd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         n = os.write(fd, view)
@@ -590,21 +710,19 @@ def unpack(
     `tee` receives the uncompressed bytes (e.g. to keep an imported tarball as a blob).
     Raises InvalidLayer for malformed or hostile input; the caller removes the half-made target.
     """
-    decompressed, kind = open_decompressed(src)
+    chunks, kind = decompressed_chunks(src)
     root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    counted = _CappedHashingReader(decompressed, max_bytes, tee, space_fd=root_fd)
-    reader = io.BufferedReader(counted, CHUNK)
-    unpacker = _Unpacker(root_fd, whiteouts)
+    stream = _LayerStream(chunks, max_bytes, tee, space_fd=root_fd)
+    unpacker = _Unpacker(root_fd, whiteouts, stream)
     try:
         try:
-            with tarfile.open(fileobj=reader, mode="r|", tarinfo=_SafeTarInfo) as tf:
+            with tarfile.open(fileobj=cast(IO[bytes], stream), mode="r:", tarinfo=_SafeTarInfo) as tf:
                 for member in tf:
                     unpacker.entry(tf, member)
             unpacker.finish()
-            while reader.read(CHUNK):
-                pass
+            stream.drain()
         except tarfile.ReadError as exc:
-            if counted.count > 0 or str(exc) != "empty file":
+            if stream.count > 0 or str(exc) != "empty file":
                 raise InvalidLayer(f"invalid tar archive: {exc}") from exc
         except tarfile.TarError as exc:
             raise InvalidLayer(f"invalid tar archive: {exc}") from exc
@@ -615,17 +733,17 @@ def unpack(
     finally:
         unpacker.close()
         os.close(root_fd)
-    return UnpackResult(counted.digest, unpacker.size, kind, counted.count)
+    return UnpackResult(stream.digest, unpacker.size, kind, stream.count)
 
 
 def digest_stream(
     src: IO[bytes], *, decompress: bool = False, max_bytes: int = DEFAULT_MAX_BYTES
 ) -> tuple[str, int]:
     """sha256 digest and length of a stream (decompressed first when asked)."""
-    stream: IO[bytes] = open_decompressed(src)[0] if decompress else src
-    counted = _CappedHashingReader(stream, max_bytes)
-    counted.drain()
-    return counted.digest, counted.count
+    chunks = decompressed_chunks(src)[0] if decompress else _plain_chunks(src, b"")
+    stream = _LayerStream(chunks, max_bytes)
+    stream.drain()
+    return stream.digest, stream.count
 
 
 # --- producing layer tars ---------------------------------------------------------------------
@@ -779,9 +897,7 @@ class _HashingWriter(io.RawIOBase):
 def read_file_chunks(path: Path, *, decompress: bool = False) -> Iterator[bytes]:
     """The bytes of a stored blob, decompressed when asked (for `docker save`)."""
     with open(path, "rb") as f:
-        stream: IO[bytes] = open_decompressed(f)[0] if decompress else f
-        while chunk := stream.read(CHUNK):
-            yield chunk
+        yield from decompressed_chunks(f)[0] if decompress else _plain_chunks(f, b"")
 
 
 # Public names for the container file code (`cpextract.py`), which shares these safeguards.

@@ -72,17 +72,26 @@ class ProgressReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def read(self, size: int | None = -1) -> bytes:
+        """The bytes as the file returns them (no copy through a buffer, unlike RawIOBase's)."""
+        data = self._f.read(-1 if size is None else size)
+        self._count(len(data))
+        return data
+
     def readinto(self, buf: memoryview | bytearray) -> int:  # type: ignore[override]
         data = self._f.read(len(buf))
         buf[: len(data)] = data
-        self._done += len(data)
-        if not data:
+        self._count(len(data))
+        return len(data)
+
+    def _count(self, n: int) -> None:
+        self._done += n
+        if not n:
             if not self._eof_reported:
                 self._eof_reported = True
                 self._report(self._done)
         elif self._throttle.ready():
             self._report(self._done)
-        return len(data)
 
     def close(self) -> None:
         self._f.close()

@@ -12,12 +12,15 @@ Registry failures become PydockErrors here (where httpx is called). Credentials 
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
 import hashlib
 import ipaddress
 import json
 import logging
 import platform
 import re
+import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -311,6 +314,7 @@ class RegistryClient:
         self.scheme = "http" if is_insecure(host, insecure_registries) else "https"
         self.base = f"{self.scheme}://{host}"
         self._client = httpx.AsyncClient(
+            verify=_tls_context(),
             timeout=httpx.Timeout(timeout_s, connect=15.0),
             follow_redirects=True,
             headers={"User-Agent": USER_AGENT},
@@ -444,8 +448,25 @@ class RegistryClient:
         self, repo: str, digest: str, on_total: Callable[[int], None] | None = None
     ) -> AsyncIterator[bytes]:
         """Yield a blob's bytes; the digest is verified at the end (RegistryError on mismatch)."""
+        async with self.blob_body(repo, digest) as (chunks, total):
+            if on_total is not None:
+                on_total(total)
+            hasher = hashlib.sha256()
+            async for chunk in chunks:
+                hasher.update(chunk)
+                yield chunk
+            actual = "sha256:" + hasher.hexdigest()
+            if actual != digest:
+                raise RegistryError(verification_failed(digest, actual))
+
+    @contextlib.asynccontextmanager
+    async def blob_body(self, repo: str, digest: str) -> AsyncIterator[tuple[AsyncIterator[bytes], int]]:
+        """The body of a blob as the response's own chunks (not verified: the caller hashes
+        them, see `verification_failed`) and its Content-Length (-1 when not sent)."""
         url = self._url(f"/v2/{repo}/blobs/{digest}")
-        resp = await self._request("GET", url, _scope(repo, "pull"), stream=True)
+        # Bytes as stored (a blob is compressed already); its digest is over exactly these.
+        headers = {"Accept-Encoding": "identity"}
+        resp = await self._request("GET", url, _scope(repo, "pull"), headers=headers, stream=True)
         try:
             if resp.status_code != 200:
                 await resp.aread()
@@ -456,21 +477,8 @@ class RegistryClient:
                 raise RegistryError(
                     f"fetching blob {digest} failed with status {resp.status_code}: {_error_text(resp)}"
                 )
-            if on_total is not None:
-                length = resp.headers.get("content-length")
-                on_total(int(length) if length and length.isdigit() else -1)
-            hasher = hashlib.sha256()
-            try:
-                async for chunk in resp.aiter_bytes(1 << 20):
-                    hasher.update(chunk)
-                    yield chunk
-            except httpx.HTTPError as exc:
-                raise RegistryError(f"reading blob {digest}: {_describe(exc)}") from exc
-            actual = "sha256:" + hasher.hexdigest()
-            if actual != digest:
-                raise RegistryError(
-                    f"filesystem layer verification failed for digest {digest} (got {actual})"
-                )
+            length = resp.headers.get("content-length")
+            yield _body_chunks(resp, digest), int(length) if length and length.isdigit() else -1
         finally:
             await resp.aclose()
 
@@ -575,6 +583,30 @@ class RegistryClient:
                 f"{_error_text(resp)}"
             )
         return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+async def _body_chunks(resp: httpx.Response, digest: str) -> AsyncIterator[bytes]:
+    # The raw chunks, as the connection delivers them (no re-chunking); decoded only when a
+    # server applied a content coding despite `Accept-Encoding: identity` (or when a transport
+    # handed over a body read already).
+    coded = resp.headers.get("content-encoding", "identity").lower() not in ("", "identity")
+    try:
+        async for chunk in resp.aiter_bytes() if coded or resp.is_stream_consumed else resp.aiter_raw():
+            yield chunk
+    except httpx.HTTPError as exc:
+        raise RegistryError(f"reading blob {digest}: {_describe(exc)}") from exc
+
+
+def verification_failed(digest: str, actual: str) -> str:
+    """dockerd's message for a blob whose bytes do not match its digest."""
+    return f"filesystem layer verification failed for digest {digest} (got {actual})"
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """httpx's default verifying context, made once: loading the CA bundle takes ~20 ms,
+    which every pull paid when each client made its own."""
+    return httpx.create_ssl_context()
 
 
 def _scope(repo: str, actions: str) -> str:
