@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import fcntl
 import logging
 import os
@@ -32,10 +31,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime import exitstatus
+from runtime import exitstatus, procs
 from runtime.console import receive_console_master
 from runtime.oci import OciRuntime, Stdio
 from runtime.ocispec import Process
+from runtime.pipes import OutputPipes, PipeEnd
 from runtime.stdio import Sink
 
 Starter = Callable[[Stdio], Awaitable[tuple[int, int | None]]]
@@ -59,14 +59,6 @@ class ExecStreams:
     merged: bool = False  # stdout and stderr share one pipe, so their order is kept (health probes)
 
 
-@dataclass(slots=True)
-class _Reader:
-    fd: int
-    stream: int
-    paused: bool = False
-    eof: bool = False
-
-
 def _pipe() -> tuple[int, int]:
     r, w = os.pipe2(os.O_CLOEXEC)
     with contextlib.suppress(OSError):
@@ -77,19 +69,6 @@ def _pipe() -> tuple[int, int]:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-def _reap_later(pidfd: int) -> None:
-    """Reap a killed child once it is gone (and close its pidfd), without waiting for it."""
-    loop = asyncio.get_running_loop()
-
-    def reap() -> None:
-        loop.remove_reader(pidfd)
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
-        _close(pidfd)
-
-    loop.add_reader(pidfd, reap)
 
 
 def _close(fd: int | None) -> None:
@@ -113,12 +92,15 @@ class ExecProcess:
         self.pid = 0
         self.exit_code: int | None = None
         self._sink = sink
-        self._readers: list[_Reader] = []
+        self._pipes = OutputPipes(
+            self._deliver,
+            congested=lambda: self._sink is not None and self._sink.congested,
+            drain=self._drain_sink,
+        )
         self._stdin_fd: int | None = None
         self._master: int | None = None
         self._pidfd: int | None = None
         self._size: tuple[int, int] | None = None
-        self._resume: asyncio.Task[None] | None = None
         self._done: asyncio.Future[int] | None = None
 
     # --- start ------------------------------------------------------------------------------------
@@ -143,14 +125,14 @@ class ExecProcess:
                 if s.stdout or s.merged:
                     r, w = _pipe()
                     theirs.append(w)
-                    self._readers.append(_Reader(r, STREAM_STDOUT))
+                    self._pipes.add(PipeEnd(r, STREAM_STDOUT))
                     stdout_fd = w
                     if s.merged:
                         stderr_fd = w
                 if s.stderr and not s.merged:
                     r, w = _pipe()
                     theirs.append(w)
-                    self._readers.append(_Reader(r, STREAM_STDERR))
+                    self._pipes.add(PipeEnd(r, STREAM_STDERR, "stderr"))
                     stderr_fd = w
                 stdio = Stdio(stdin_fd, stdout_fd, stderr_fd)
             pid, master = await start(stdio)
@@ -160,7 +142,7 @@ class ExecProcess:
             if master is not None:
                 self._master = master
                 os.set_blocking(master, False)
-                self._readers.append(_Reader(master, STREAM_STDOUT))
+                self._pipes.add(PipeEnd(master, STREAM_STDOUT))
                 if self._size is not None:
                     self.resize(*self._size)
         except BaseException:
@@ -170,7 +152,7 @@ class ExecProcess:
             if self._pidfd is not None:
                 with contextlib.suppress(ProcessLookupError):
                     signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
-                _reap_later(self._pidfd)
+                procs.reap_later(self._pidfd)
                 self._pidfd = None
             self._close_all()
             if not self._done.done():
@@ -179,9 +161,9 @@ class ExecProcess:
         finally:
             for fd in theirs:
                 _close(fd)
-        for reader in self._readers:
-            os.set_blocking(reader.fd, False)
-            loop.add_reader(reader.fd, self._on_readable, reader)
+        for end in self._pipes.ends:
+            os.set_blocking(end.fd, False)
+        self._pipes.start()
         if self._stdin_fd is not None:
             os.set_blocking(self._stdin_fd, False)
         loop.add_reader(self._pidfd, self._on_exit)
@@ -189,66 +171,17 @@ class ExecProcess:
 
     # --- output -----------------------------------------------------------------------------------
 
-    def _on_readable(self, reader: _Reader) -> None:
-        self._read_some(reader, limit=4)
-        sink = self._sink
-        if not reader.eof and sink is not None and sink.congested:
-            self._pause()
-
-    def _read_some(self, reader: _Reader, limit: int) -> int:
-        total = 0
-        for _ in range(limit):
+    def _deliver(self, end: PipeEnd, data: bytes) -> None:
+        if self._sink is not None:
             try:
-                data = os.read(reader.fd, READ_CHUNK)
-            except BlockingIOError:
-                return total
-            except OSError as exc:
-                if exc.errno != errno.EIO:  # EIO: every pty slave is closed
-                    log.warning("exec output read failed: %s", exc)
-                data = b""
-            if not data:
-                self._mark_eof(reader)
-                return total
-            total += len(data)
-            if self._sink is not None:
-                try:
-                    self._sink.send(reader.stream, data)
-                except Exception:  # a broken client must not break the process's output
-                    log.exception("exec sink failed")
-                    self._sink = None
-        return total
+                self._sink.send(end.stream, data)
+            except Exception:  # a broken client must not break the process's output
+                log.exception("exec sink failed")
+                self._sink = None
 
-    def _mark_eof(self, reader: _Reader) -> None:
-        if reader.eof:
-            return
-        reader.eof = True
-        if not reader.paused:
-            with contextlib.suppress(ValueError, RuntimeError):
-                asyncio.get_running_loop().remove_reader(reader.fd)
-
-    def _pause(self) -> None:
-        loop = asyncio.get_running_loop()
-        for reader in self._readers:
-            if not reader.eof and not reader.paused:
-                reader.paused = True
-                loop.remove_reader(reader.fd)
-        if self._resume is None:
-            self._resume = asyncio.create_task(self._resume_when_drained())
-
-    async def _resume_when_drained(self) -> None:
-        try:
-            if self._sink is not None:
-                with contextlib.suppress(Exception):
-                    await self._sink.drain()
-        finally:
-            self._resume = None
-            if self.exit_code is None:
-                loop = asyncio.get_running_loop()
-                for reader in self._readers:
-                    if reader.paused:
-                        reader.paused = False
-                        if not reader.eof:
-                            loop.add_reader(reader.fd, self._on_readable, reader)
+    async def _drain_sink(self) -> None:
+        if self._sink is not None:
+            await self._sink.drain()
 
     # --- exit -------------------------------------------------------------------------------------
 
@@ -262,9 +195,7 @@ class ExecProcess:
         self.exit_code = learned[0] if learned is not None else 255
         _close(pidfd)
         self._pidfd = None
-        for reader in self._readers:
-            while not reader.eof and self._read_some(reader, limit=64):
-                pass
+        self._pipes.drain_all()
         self._close_all()
         if self._on_exit_cb is not None:
             try:
@@ -328,8 +259,7 @@ class ExecProcess:
     def detach_sink(self) -> None:
         """The listener went away: read and drop the output from now on."""
         self._sink = None
-        if self._resume is not None:
-            self._resume.cancel()
+        self._pipes.kick()
 
     def close(self) -> None:
         """Abandon the process (daemon shutdown): stop watching it and close our fds."""
@@ -343,18 +273,9 @@ class ExecProcess:
             self._done.cancel()
 
     def _close_all(self) -> None:
-        loop = asyncio.get_running_loop()
-        for reader in self._readers:
-            if not reader.eof and not reader.paused:
-                with contextlib.suppress(ValueError, RuntimeError):
-                    loop.remove_reader(reader.fd)
-            _close(reader.fd)
-        self._readers.clear()
-        self._master = None  # it was one of the readers
+        self._pipes.close()
+        self._master = None  # it was one of the pipe ends
         self.close_stdin()
-        if self._resume is not None:
-            self._resume.cancel()
-            self._resume = None
 
 
 def runtime_starter(

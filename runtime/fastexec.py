@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime import store
+from runtime import procs, store
 from runtime.caps import CAP_NUMBER
 from runtime.errors import OciRuntimeError
 from runtime.oci import Stdio
@@ -351,29 +351,9 @@ def _reap_pid_later(pid: int) -> None:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
         return
-    loop = asyncio.get_running_loop()
-
-    def reap() -> None:
-        loop.remove_reader(pidfd)
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
-        os.close(pidfd)
-
-    loop.add_reader(pidfd, reap)
+    procs.reap_later(pidfd)
 
 
 def _reap_later(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        pidfd = os.pidfd_open(proc.pid)
-    except ProcessLookupError:
-        return
-    loop = asyncio.get_running_loop()
-
-    def reap() -> None:
-        loop.remove_reader(pidfd)
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
-        proc.returncode = -9  # reaped here: Popen must never wait for it again
-        os.close(pidfd)
-
-    loop.add_reader(pidfd, reap)
+    proc.returncode = -9  # reaped by _reap_pid_later: Popen must never wait for it again
+    _reap_pid_later(proc.pid)

@@ -194,6 +194,20 @@ async def run(
     )
 
 
+def reap_later(pidfd: int) -> None:
+    """Reap the child behind `pidfd` once it exits (and close the pidfd), without waiting here."""
+    loop = asyncio.get_running_loop()
+
+    def reap() -> None:
+        loop.remove_reader(pidfd)
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
+        with contextlib.suppress(OSError):
+            os.close(pidfd)
+
+    loop.add_reader(pidfd, reap)
+
+
 async def _terminate(loop: asyncio.AbstractEventLoop, pidfd: int, grace_s: float) -> int:
     with contextlib.suppress(ProcessLookupError):
         signal.pidfd_send_signal(pidfd, signal.SIGTERM)

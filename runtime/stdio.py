@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import fcntl
 import logging
 import os
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.logs import STDERR, STDOUT, LogWriter
+from runtime.pipes import OutputPipes, PipeEnd
 
 log = logging.getLogger("pydock.stdio")
 
@@ -92,15 +92,6 @@ def _is_fifo(path: Path) -> bool:
 
 
 @dataclass(slots=True)
-class _Reader:
-    fd: int
-    stream: str
-    number: int
-    paused: bool = False
-    eof: bool = False
-
-
-@dataclass(slots=True)
 class StdioHub:
     """Fan-out of one container's output, fan-in of its stdin. Owned by the container's supervisor."""
 
@@ -111,14 +102,13 @@ class StdioHub:
     log_writer: LogWriter | None = None
     sinks: set[Sink] = field(default_factory=set)
     on_output_eof: Callable[[], None] | None = None
-    _readers: list[_Reader] = field(default_factory=list)
+    _pipes: OutputPipes | None = None
     _stdin_fd: int | None = None
     _stdin_buffer: bytearray = field(default_factory=bytearray)
     _stdin_eof_pending: bool = False
     _stdin_writable: asyncio.Event = field(default_factory=asyncio.Event)
     _tty_master: int | None = None
     _pending_size: tuple[int, int] | None = None
-    _resume_task: asyncio.Task[None] | None = None
 
     @property
     def stdin_path(self) -> Path:
@@ -162,7 +152,7 @@ class StdioHub:
                         container.stdout = theirs
                     else:
                         container.stderr = theirs
-                    self._readers.append(_Reader(ours, name, number))
+                    self.pipes.add(PipeEnd(ours, number, name))
         except BaseException:
             container.close()
             self.close_readers()
@@ -179,7 +169,7 @@ class StdioHub:
             ):
                 if _is_fifo(path):
                     ours = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-                    self._readers.append(_Reader(ours, name, number))
+                    self.pipes.add(PipeEnd(ours, number, name))
             if self.open_stdin and _is_fifo(self.stdin_path):
                 with contextlib.suppress(OSError):
                     self._set_stdin(os.open(self.stdin_path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
@@ -187,7 +177,7 @@ class StdioHub:
     def set_tty_master(self, fd: int) -> None:
         os.set_blocking(fd, False)
         self._tty_master = fd
-        self._readers.append(_Reader(fd, STDOUT, STREAM_STDOUT))
+        self.pipes.add(PipeEnd(fd, STREAM_STDOUT, STDOUT))
         if self.open_stdin:
             self._set_stdin(os.dup(fd))
         if self._pending_size is not None:
@@ -203,85 +193,44 @@ class StdioHub:
 
     # --- output ---------------------------------------------------------------------------------
 
+    @property
+    def pipes(self) -> OutputPipes:
+        if self._pipes is None:
+            self._pipes = OutputPipes(
+                self._dispatch,
+                congested=lambda: any(sink.congested for sink in self.sinks),
+                drain=self._drain_sinks,
+                on_all_eof=self._on_all_eof,
+            )
+        return self._pipes
+
     def start_reading(self) -> None:
-        loop = asyncio.get_running_loop()
-        for reader in self._readers:
-            if not reader.eof and not reader.paused:
-                loop.add_reader(reader.fd, self._on_readable, reader)
+        self.pipes.start()
 
-    def _on_readable(self, reader: _Reader) -> None:
-        self._read_some(reader, limit=4)
-        if not reader.eof and any(s.congested for s in self.sinks):
-            self._pause()
-
-    def _read_some(self, reader: _Reader, limit: int) -> int:
-        """Read up to `limit` chunks; returns bytes read. Marks EOF and unregisters on end."""
-        total = 0
-        for _ in range(limit):
-            try:
-                data = os.read(reader.fd, READ_CHUNK)
-            except BlockingIOError:
-                return total
-            except OSError as exc:
-                if exc.errno != errno.EIO:  # EIO: the pty slave side is closed
-                    log.warning("stdio read failed: %s", exc)
-                data = b""
-            if not data:
-                self._mark_eof(reader)
-                return total
-            total += len(data)
-            self._dispatch(reader, data)
-        return total
-
-    def _dispatch(self, reader: _Reader, data: bytes) -> None:
+    def _dispatch(self, end: PipeEnd, data: bytes) -> None:
         if self.log_writer is not None:
-            self.log_writer.write(reader.stream, data)
+            self.log_writer.write(end.name, data)
         for sink in list(self.sinks):
             try:
-                sink.send(reader.number, data)
+                sink.send(end.stream, data)
             except Exception:  # a broken client must not break the container's output
                 log.exception("attach sink failed")
                 self.sinks.discard(sink)
 
-    def _mark_eof(self, reader: _Reader) -> None:
-        if reader.eof:
-            return
-        reader.eof = True
-        with contextlib.suppress(ValueError, RuntimeError):
-            asyncio.get_running_loop().remove_reader(reader.fd)
-        if all(r.eof for r in self._readers) and self.on_output_eof is not None:
+    async def _drain_sinks(self) -> None:
+        await asyncio.gather(*(sink.drain() for sink in list(self.sinks)), return_exceptions=True)
+
+    def _on_all_eof(self) -> None:
+        if self.on_output_eof is not None:
             self.on_output_eof()
-
-    def _pause(self) -> None:
-        loop = asyncio.get_running_loop()
-        for reader in self._readers:
-            if not reader.eof and not reader.paused:
-                reader.paused = True
-                loop.remove_reader(reader.fd)
-        if self._resume_task is None:
-            self._resume_task = asyncio.create_task(self._resume_when_drained())
-
-    async def _resume_when_drained(self) -> None:
-        try:
-            await asyncio.gather(*(s.drain() for s in list(self.sinks)), return_exceptions=True)
-        finally:
-            self._resume_task = None
-            loop = asyncio.get_running_loop()
-            for reader in self._readers:
-                if reader.paused:
-                    reader.paused = False
-                    if not reader.eof:
-                        loop.add_reader(reader.fd, self._on_readable, reader)
 
     def drain_output(self) -> None:
         """Read everything the container left in its pipes (after it exited), ignoring congestion."""
-        for reader in self._readers:
-            while not reader.eof and self._read_some(reader, limit=64):
-                pass
+        self.pipes.drain_all()
 
     @property
     def output_done(self) -> bool:
-        return all(r.eof for r in self._readers)
+        return self.pipes.all_eof
 
     def finish(self) -> None:
         """The container stopped: flush the log, end every attach session, close our fds."""
@@ -298,18 +247,9 @@ class StdioHub:
         self._stdin_eof_pending = False
 
     def close_readers(self) -> None:
-        loop = asyncio.get_running_loop()
-        for reader in self._readers:
-            if not reader.eof and not reader.paused:
-                with contextlib.suppress(ValueError, RuntimeError):
-                    loop.remove_reader(reader.fd)
-            with contextlib.suppress(OSError):
-                os.close(reader.fd)
-        self._readers.clear()
+        if self._pipes is not None:
+            self._pipes.close()
         self._tty_master = None
-        if self._resume_task is not None:
-            self._resume_task.cancel()
-            self._resume_task = None
 
     # --- attach ---------------------------------------------------------------------------------
 
