@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import httptools
@@ -192,6 +193,36 @@ class HijackChannel:
     async def wait_closed(self) -> None:
         """Returns when the client connection is gone (not merely half-closed)."""
         await self._closed.wait()
+
+
+async def pump_input(
+    channel: HijackChannel, write: Callable[[bytes], Awaitable[None]], *, detach_keys: bytes = b""
+) -> str:
+    """Client bytes → `write` until the client half-closes ("eof") or, when `detach_keys` is set
+    (a TTY session), types that sequence ("detach": the bytes before it are delivered, the
+    sequence itself is not; bytes of a partial match are held back until it breaks)."""
+    matched = 0
+    while True:
+        data = await channel.read()
+        if not data:
+            return "eof"
+        if detach_keys:
+            out = bytearray()
+            for byte in data:
+                if byte == detach_keys[matched]:
+                    matched += 1
+                    if matched == len(detach_keys):
+                        if out:
+                            await write(bytes(out))
+                        return "detach"
+                    continue
+                if matched:
+                    out += detach_keys[:matched]
+                    matched = 0
+                out.append(byte)
+            data = bytes(out)
+        if data:
+            await write(data)
 
 
 class HijackedResponse(Response):

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response, StreamingResponse
 
 from app.deps import get_containers
-from app.hijack import RAW_STREAM, HijackChannel, HijackedResponse, hijack_channel
+from app.hijack import RAW_STREAM, HijackChannel, HijackedResponse, hijack_channel, pump_input
 from app.params import DockerBool
 from app.routers.system import parse_timestamp_ns
 from app.streams import STDERR, STDOUT, frame, log_renderer
@@ -94,31 +94,13 @@ async def _replay_logs(sup: Supervisor, sink: ChannelSink) -> None:
 
 async def _pump_stdin(channel: HijackChannel, sup: Supervisor, *, detach_keys: bytes, tty: bool) -> str:
     """Client stdin → container stdin. Returns why it ended: "eof" or "detach"."""
-    matched = 0
     stdio = sup.stdio
-    while True:
-        data = await channel.read()
-        if not data:
-            return "eof"
-        if tty and detach_keys:
-            # Scan for the detach sequence; bytes of a partial match are held back.
-            out = bytearray()
-            for byte in data:
-                if byte == detach_keys[matched]:
-                    matched += 1
-                    if matched == len(detach_keys):
-                        if out:
-                            stdio.write_stdin(bytes(out))
-                        return "detach"
-                    continue
-                if matched:
-                    out += detach_keys[:matched]
-                    matched = 0
-                out.append(byte)
-            data = bytes(out)
-        if data:
-            stdio.write_stdin(data)
-            await stdio.stdin_drained()
+
+    async def write(data: bytes) -> None:
+        stdio.write_stdin(data)
+        await stdio.stdin_drained()
+
+    return await pump_input(channel, write, detach_keys=detach_keys if tty else b"")
 
 
 @router.post("/containers/{ref}/attach", operation_id="ContainerAttach", response_class=Response)

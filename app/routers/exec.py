@@ -27,7 +27,7 @@ from starlette.responses import Response, StreamingResponse
 
 from app.deps import get_execs
 from app.errors import DockerJSONResponse
-from app.hijack import RAW_STREAM, HijackChannel, HijackedResponse, hijack_channel
+from app.hijack import RAW_STREAM, HijackChannel, HijackedResponse, hijack_channel, pump_input
 from app.models.exec import ExecConfig, ExecCreateResponse, ExecInspect, ExecStartConfig
 from app.routers.attach import DEFAULT_DETACH_KEYS, ChannelSink, parse_detach_keys
 from app.streams import STDOUT, frame
@@ -175,28 +175,7 @@ async def _session(
 
 async def _pump_stdin(channel: HijackChannel, proc: ExecProcess, *, detach_keys: bytes, tty: bool) -> str:
     """Client stdin → the process. Returns why it ended: "eof" or "detach" (TTY only)."""
-    matched = 0
-    while True:
-        data = await channel.read()
-        if not data:
-            return "eof"
-        if tty and detach_keys:
-            out = bytearray()
-            for byte in data:
-                if byte == detach_keys[matched]:
-                    matched += 1
-                    if matched == len(detach_keys):
-                        if out:
-                            await proc.write_stdin(bytes(out))
-                        return "detach"
-                    continue
-                if matched:
-                    out += detach_keys[:matched]
-                    matched = 0
-                out.append(byte)
-            data = bytes(out)
-        if data:
-            await proc.write_stdin(data)
+    return await pump_input(channel, proc.write_stdin, detach_keys=detach_keys if tty else b"")
 
 
 def _start_without_upgrade(execs: ExecService, record: ExecRecord, *, framed: bool) -> Response:
