@@ -128,14 +128,32 @@ async def pull(svc: ImageService, ref: reference.Reference, auth: AuthConfig, em
                 make = _layer_maker(svc, client, ref.path, desc, chains[i - 1] if i else None, diff_ids[i])
                 await svc.ensure_layer(chains[i], make, emit)
 
-            async with asyncio.TaskGroup() as tg:
-                for i in missing:
-                    tg.create_task(one(i))
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    for i in missing:
+                        tg.create_task(one(i))
+            except BaseExceptionGroup as group:  # a failed layer stops the others: say why
+                raise _first_error(group) from group
             await svc.add_image(config_bytes, tags=[tag_ref] if tag_ref else [], digests=[digest_ref])
         emit({"status": f"Digest: {top_digest}"})
         emit({"status": f"Status: Downloaded newer image for {ref.familiar()}"})
         svc.events.publish("image", "pull", ref.familiar(), {"name": ref.familiar_name})
         return config_digest
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to report from a task group: the first PydockError, else the first one."""
+    leaves: list[BaseException] = []
+
+    def collect(g: BaseExceptionGroup[BaseException]) -> None:
+        for exc in g.exceptions:
+            if isinstance(exc, BaseExceptionGroup):
+                collect(exc)
+            else:
+                leaves.append(exc)
+
+    collect(group)
+    return next((e for e in leaves if isinstance(e, PydockError)), leaves[0])
 
 
 def _layer_maker(
@@ -475,9 +493,12 @@ async def push(
                 async def one(i: int, chain: str, descs: list[dict[str, Any]] = descs) -> None:
                     descs[i] = await _push_layer(svc, client, repo, svc.store.layers[chain], emit)
 
-                async with asyncio.TaskGroup() as tg:
-                    for i, chain in enumerate(image.chain_ids):
-                        tg.create_task(one(i, chain))
+                try:
+                    async with asyncio.TaskGroup() as tg:
+                        for i, chain in enumerate(image.chain_ids):
+                            tg.create_task(one(i, chain))
+                except BaseExceptionGroup as group:
+                    raise _first_error(group) from group
                 config_bytes = await asyncio.to_thread(svc.store.config_bytes_blocking, image.image_id)
                 if not await client.blob_exists(repo.path, image.image_id):
                     await client.upload_blob(

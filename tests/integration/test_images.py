@@ -286,23 +286,29 @@ def test_login_and_pull_push_with_basic_auth(fresh_daemon: Daemon, auth_registry
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("when", ["Downloading", "Pull complete"])
 def test_pull_killed_half_way_is_completed_by_the_next_pull(
-    fresh_daemon: Daemon, registry: Registry, tmp_root: Path
+    fresh_daemon: Daemon, registry: Registry, tmp_root: Path, when: str
 ) -> None:
+    """SIGKILL while layers stream in (temp blobs and half-unpacked temp layer dirs), or once
+    a first layer has landed and the others are still on their way."""
     d = fresh_daemon
     blobs = [os.urandom(12 << 20) for _ in range(3)]
     layers = [layer_tar({f"data/{i}.bin": blob}) for i, blob in enumerate(blobs)]
     archive = tmp_root / "big.tar"
-    image_id = build_docker_archive(archive, layers, "proto-big:1")
-    registry.copy_archive(archive, "proto-big:1")
-    ref = f"{registry.host}/proto-big"
+    repo = "proto-big-" + when.split()[-1].lower()
+    image_id = build_docker_archive(archive, layers, f"{repo}:1")
+    registry.copy_archive(archive, f"{repo}:1")
+    ref = f"{registry.host}/{repo}"
     client = httpx.Client(transport=httpx.HTTPTransport(uds=str(d.sock)), base_url="http://d", timeout=60)
     with client, client.stream("POST", "/v1.41/images/create", params={"fromImage": ref, "tag": "1"}) as resp:
         assert resp.status_code == 200
         for line in resp.iter_lines():
-            if '"Downloading"' in line or '"Extracting"' in line:
+            if f'"{when}"' in line:
                 d.kill()
                 break
+        else:
+            pytest.fail(f"the pull never said {when!r}")
     d.start()
     assert image_id not in image_ids(d)
     wait_for(lambda: store_leftovers(d) == [], 10, "startup sweep")
@@ -317,6 +323,38 @@ def test_pull_killed_half_way_is_completed_by_the_next_pull(
     for i, blob in enumerate(blobs):
         assert (dirs[2 - i] / "data" / f"{i}.bin").read_bytes() == blob
     assert store_leftovers(d) == []
+
+
+def test_pull_of_a_corrupted_blob_fails_and_lands_nothing(
+    fresh_daemon: Daemon, registry: Registry, tmp_root: Path
+) -> None:
+    d = fresh_daemon
+    payload = os.urandom(3 << 20)
+    archive = tmp_root / "corrupt.tar"
+    image_id = build_docker_archive(archive, [layer_tar({"data.bin": payload})], "proto-corrupt:1")
+    registry.copy_archive(archive, "proto-corrupt:1")
+    raw, _ = registry.manifest("proto-corrupt", "1")
+    digest = json.loads(raw)["layers"][0]["digest"]
+    stored = registry.root / "storage/docker/registry/v2/blobs/sha256" / digest[7:9] / digest[7:] / "data"
+    good = stored.read_bytes()
+    bad = bytearray(good)
+    bad[len(bad) // 2] ^= 0x55  # same length: only the digest (and gzip's CRC) can tell
+    stored.write_bytes(bytes(bad))
+    ref = f"{registry.host}/proto-corrupt:1"
+    try:
+        failed = d.docker("pull", ref, check=False)
+    finally:
+        stored.write_bytes(good)
+    assert failed.returncode == 1
+    assert f"filesystem layer verification failed for digest {digest}" in failed.stderr.decode()
+    images = d.data_root / "images"
+    assert image_id not in image_ids(d)
+    assert [p.name for p in (images / "layers").iterdir()] == []
+    assert not (images / "blobs" / "sha256" / digest[7:]).exists()
+    assert store_leftovers(d) == []
+    assert "Downloaded newer image" in out(d.docker("pull", ref))
+    info = json.loads(out(d.docker("image", "inspect", ref)))[0]
+    assert (Path(info["GraphDriver"]["Data"]["UpperDir"]) / "data.bin").read_bytes() == payload
 
 
 def test_concurrent_pulls_share_one_download(

@@ -4,7 +4,9 @@ import gzip
 import hashlib
 import io
 import os
+import shutil
 import stat
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -355,3 +357,92 @@ def test_gzip_stream_deterministic(tmp_path: Path) -> None:
     d2 = layers.gzip_stream(iter([data]), out2)
     assert d1 == d2 and d1[0] == layers.sha256_digest(out1.getvalue())
     assert gzip.decompress(out1.getvalue()) == data
+
+
+# --- the chunked reader -------------------------------------------------------------------------
+
+
+class Dribble(io.RawIOBase):
+    """A source that hands out at most `step` bytes per read (a network body arriving)."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self._data = memoryview(data)
+        self._step = step
+
+    def read(self, n: int = -1) -> bytes:  # type: ignore[override]
+        take = self._step if n < 0 else min(n, self._step)
+        out, self._data = bytes(self._data[:take]), self._data[take:]
+        return out
+
+
+def test_short_reads_from_the_source(root: Path) -> None:
+    payload = os.urandom(300_000)
+    data = make_tar([reg("d/file", payload), reg("d/small", b"s")])
+    blob = gzip.compress(data, compresslevel=1)
+    root.mkdir()
+    result = layers.unpack(Dribble(blob, 3), root)  # type: ignore[arg-type]
+    assert result.diff_id == layers.sha256_digest(data) and result.compression == "gzip"
+    assert (root / "d/file").read_bytes() == payload
+
+
+def test_multi_member_gzip_and_zero_padding(root: Path) -> None:
+    data = make_tar([reg("a", b"first" * 5000), reg("b", b"second" * 5000)])
+    cut = len(data) // 3
+    blob = gzip.compress(data[:cut]) + gzip.compress(data[cut:]) + b"\0" * 1024
+    result = unpack_bytes(blob, root)
+    assert result.diff_id == layers.sha256_digest(data)
+    assert (root / "b").read_bytes() == b"second" * 5000
+    with pytest.raises(InvalidLayer, match="gzip"):
+        unpack_bytes(blob + b"trailing garbage", root.parent / "other")
+
+
+def test_zstd_frames_are_all_read(root: Path) -> None:
+    data = make_tar([reg("a", os.urandom(100_000)), reg("b", b"tail")])
+    cut = len(data) // 2
+    zc = zstandard.ZstdCompressor()
+    result = unpack_bytes(zc.compress(data[:cut]) + zc.compress(data[cut:]), root)
+    assert result.diff_id == layers.sha256_digest(data) and result.tar_bytes == len(data)
+    assert (root / "b").read_bytes() == b"tail"
+
+
+def test_highly_compressible_layer_in_bounded_chunks(tmp_path: Path) -> None:
+    data = make_tar([reg("zeros", b"\0" * (24 << 20)), reg("after", b"a")])
+    blob = gzip.compress(data, compresslevel=9)
+    chunks, kind = layers.decompressed_chunks(io.BytesIO(blob))
+    sizes = [len(c) for c in chunks]
+    assert kind == "gzip" and sum(sizes) == len(data) and max(sizes) <= layers.CHUNK
+    result = unpack_bytes(blob, tmp_path / "root")
+    assert result.diff_id == layers.sha256_digest(data)
+    assert os.stat(tmp_path / "root" / "zeros").st_size == 24 << 20
+
+
+def test_layer_stream_is_forward_only() -> None:
+    stream = layers._LayerStream(iter([b"abc", b"defgh", b"ij"]), max_bytes=100)
+    assert stream.read(2) == b"ab" and stream.read(4) == b"cdef"
+    assert stream.seek(8) == 8 and stream.read(5) == b"ij" and stream.read(1) == b""
+    with pytest.raises(InvalidLayer, match="backwards"):
+        stream.seek(3)
+    assert stream.count == 10 and stream.digest == layers.sha256_digest(b"abcdefghij")
+
+
+@pytest.mark.parametrize("fmt", ["gnu", "pax"])
+def test_sparse_members(tmp_path: Path, fmt: str) -> None:
+    tar_bin = shutil.which("tar")
+    if tar_bin is None:
+        pytest.skip("no tar(1) to make a sparse archive")
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "sparse", "wb") as f:
+        f.seek(1 << 20)
+        f.write(b"middle")
+        f.seek(3 << 20)
+        f.write(b"end")
+    archive = tmp_path / "sparse.tar"
+    subprocess.run(
+        [tar_bin, f"--format={fmt}", "-S", "-cf", str(archive), "-C", str(src), "sparse", "--owner=0"],
+        check=True,
+    )
+    with tarfile.open(archive) as tf:
+        assert tf.getmember("sparse").sparse, "tar(1) made no sparse member"
+    unpack_bytes(gzip.compress(archive.read_bytes()), tmp_path / "root")
+    assert (tmp_path / "root" / "sparse").read_bytes() == (src / "sparse").read_bytes()

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import json
+import os
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -170,3 +173,32 @@ def test_pull_denied_is_404() -> None:
 
     err = pull_error("x:1", "x", Unauthorized("denied: requested access to the resource is denied"))
     assert isinstance(err, NotFound) and "pull access denied for x" in str(err)
+
+
+async def test_blob_body_is_the_stored_bytes_in_the_connection_chunks() -> None:
+    blob = os.urandom(300_000)
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    asked: list[str | None] = []
+
+    async def pieces(data: bytes) -> AsyncIterator[bytes]:
+        for i in range(0, len(data), 65536):
+            yield data[i : i + 65536]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/":
+            return httpx.Response(200)
+        asked.append(request.headers.get("accept-encoding"))
+        if request.url.path.endswith(digest):
+            return httpx.Response(200, content=pieces(blob), headers={"Content-Length": str(len(blob))})
+        # a server that compresses anyway: the bytes handed on are the blob's own
+        coded = gzip.compress(blob)
+        return httpx.Response(200, content=pieces(coded), headers={"Content-Encoding": "gzip"})
+
+    async with RegistryClient("127.0.0.1:5000", transport=httpx.MockTransport(handler)) as client:
+        async with client.blob_body("ns/app", digest) as (chunks, total):
+            got = [chunk async for chunk in chunks]
+        assert total == len(blob) and b"".join(got) == blob
+        assert [len(c) for c in got] == [65536] * 4 + [len(blob) - 4 * 65536]  # no re-chunking
+        async with client.blob_body("ns/app", "sha256:" + "2" * 64) as (chunks, total):
+            assert total == -1 and b"".join([chunk async for chunk in chunks]) == blob
+    assert asked == ["identity", "identity"]
