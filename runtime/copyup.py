@@ -13,12 +13,13 @@ import contextlib
 import os
 import secrets
 import stat
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO, cast
 
 from runtime import inroot, layers
 from runtime import rootfs as mounting
+from runtime.chunks import ChunkReader
 from runtime.volumedriver import MS_RDONLY
 
 
@@ -51,26 +52,6 @@ async def image_view(lowers: list[Path], fs_dir: Path) -> AsyncIterator[Path]:
         await asyncio.shield(asyncio.to_thread(unmount))
 
 
-class _ChunkReader:
-    """`read()` over an iterator of byte chunks (a generated tar fed to `layers.unpack`)."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._buf = b""
-
-    def read(self, n: int = -1) -> bytes:
-        while n < 0 or len(self._buf) < n:
-            try:
-                self._buf += next(self._chunks)
-            except StopIteration:
-                break
-        if n < 0:
-            data, self._buf = self._buf, b""
-        else:
-            data, self._buf = self._buf[:n], self._buf[n:]
-        return data
-
-
 def populate_volume(view: Path, destination: str, volume_dir: Path) -> None:
     """dockerd's copy-up: the image's directory at `destination` into an empty volume, with
     the directory's owner and mode. Nothing happens when the volume has content or the image
@@ -85,7 +66,7 @@ def populate_volume(view: Path, destination: str, volume_dir: Path) -> None:
                 return
         src = Path(f"/proc/self/fd/{fd}")
         chunks = layers.tar_directory_diff(src, overlay_whiteouts=False)
-        layers.unpack(cast(IO[bytes], _ChunkReader(chunks)), volume_dir, whiteouts="apply")
+        layers.unpack(cast(IO[bytes], ChunkReader(chunks)), volume_dir, whiteouts="apply")
         st = os.fstat(fd)
         os.chown(volume_dir, st.st_uid, st.st_gid)
         os.chmod(volume_dir, stat.S_IMODE(st.st_mode))

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
 from runtime import archive, layers, reference, store
+from runtime.chunks import ChunkReader
 from runtime.errors import InvalidParameter
 from runtime.imagestore import ImageRecord, LayerRecord, now_rfc3339
 from runtime.progress import ProgressReader, layer_message
@@ -263,7 +264,7 @@ async def commit(
     with svc.store.pinned(base.chain_ids if base else []):
 
         def opener() -> IO[bytes]:
-            return cast(IO[bytes], _IterReader(layer_tar()))
+            return cast(IO[bytes], ChunkReader(layer_tar()))
 
         record = await svc.create_layer(parent_chain, opener)
         svc.store.register_layer(record)
@@ -293,34 +294,6 @@ async def commit(
                 config_bytes, tags=[target] if target else [], parent=base.image_id if base else ""
             )
     return image.image_id
-
-
-class _IterReader:
-    """A read()-able face of an iterator of byte chunks (for unpacking a generated tar)."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._buf = b""
-
-    def read(self, n: int = -1) -> bytes:
-        while n < 0 or len(self._buf) < n:
-            try:
-                self._buf += next(self._chunks)
-            except StopIteration:
-                break
-        if n < 0:
-            data, self._buf = self._buf, b""
-        else:
-            data, self._buf = self._buf[:n], self._buf[n:]
-        return data
-
-    def __enter__(self) -> _IterReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        close = getattr(self._chunks, "close", None)
-        if close is not None:
-            close()
 
 
 _END = object()
