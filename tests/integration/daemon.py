@@ -303,3 +303,50 @@ def running_daemon(
 
 def dump_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True)
+
+
+class PtyCli:
+    """The docker CLI on a pseudo-terminal of its own (for `-it`), like a user at a terminal."""
+
+    def __init__(self, daemon: Daemon, *args: str, rows: int = 0, cols: int = 0) -> None:
+        import pty
+        import struct
+        import termios
+
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # pragma: no cover - the child
+            os.environ.update(daemon.env())
+            os.execv(DOCKER, [DOCKER, *args])
+        if rows and cols:
+            import fcntl
+
+            fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        self.out = b""
+
+    def read_until(self, marker: bytes, timeout_s: float = 15.0) -> bytes:
+        import select
+
+        deadline = time.monotonic() + timeout_s
+        while marker not in self.out and time.monotonic() < deadline:
+            ready, _, _ = select.select([self.fd], [], [], 0.1)
+            if ready:
+                try:
+                    self.out += os.read(self.fd, 4096)
+                except OSError:
+                    break
+        return self.out
+
+    def send(self, data: bytes) -> None:
+        os.write(self.fd, data)
+
+    def wait(self) -> int:
+        _, status = os.waitpid(self.pid, 0)
+        self.pid = 0
+        return os.waitstatus_to_exitcode(status)
+
+    def close(self) -> None:
+        os.close(self.fd)
+        if self.pid:
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import secrets
-import select
 import signal
 import subprocess
 import time
@@ -14,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.daemon import DOCKER, Daemon, wait_for
+from tests.integration.daemon import DOCKER, Daemon, PtyCli, wait_for
 
 
 def uniq(prefix: str = "c") -> str:
@@ -62,39 +60,16 @@ def test_run_with_piped_stdin(daemon: Daemon) -> None:
 
 
 def test_run_it_with_a_pty(daemon: Daemon) -> None:
-    pid, fd = pty.fork()
-    if pid == 0:  # pragma: no cover - the child
-        os.environ.update(daemon.env())
-        os.execv(DOCKER, [DOCKER, "run", "-it", "--rm", "busybox", "sh"])
-    out = b""
-
-    def read_until(marker: bytes, timeout_s: float = 15.0) -> bytes:
-        nonlocal out
-        deadline = time.monotonic() + timeout_s
-        while marker not in out and time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.1)
-            if ready:
-                try:
-                    out += os.read(fd, 4096)
-                except OSError:
-                    break
-        return out
-
+    cli = PtyCli(daemon, "run", "-it", "--rm", "busybox", "sh")
     try:
-        assert b"/ #" in read_until(b"/ #")
-        os.write(fd, b"tty; echo marker-$((40+2))\r")
-        assert b"marker-42" in read_until(b"marker-42")
-        assert b"/dev/pts/0" in out
-        os.write(fd, b"exit 5\r")
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 5
+        assert b"/ #" in cli.read_until(b"/ #")
+        cli.send(b"tty; echo marker-$((40+2))\r")
+        assert b"marker-42" in cli.read_until(b"marker-42")
+        assert b"/dev/pts/0" in cli.out
+        cli.send(b"exit 5\r")
+        assert cli.wait() == 5
     finally:
-        os.close(fd)
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
+        cli.close()
 
 
 def test_detached_lifecycle(daemon: Daemon, name: str) -> None:

@@ -7,14 +7,9 @@ from __future__ import annotations
 import gc
 import json
 import os
-import pty
 import secrets
-import select
-import signal
 import socket
-import struct
 import subprocess
-import termios
 import time
 import warnings
 from collections.abc import Iterator
@@ -25,7 +20,7 @@ import pytest
 
 from app.streams import parse_frames
 from runtime.nsexec import get_filter
-from tests.integration.daemon import DOCKER, Daemon, wait_for
+from tests.integration.daemon import DOCKER, Daemon, PtyCli, wait_for
 
 DEFAULT_CAPS = "00000000a80425fb"
 
@@ -144,45 +139,18 @@ def test_exec_piped_stdin_reaches_eof(daemon: Daemon, ctr: str) -> None:
 
 
 def test_exec_it_has_a_pty_of_the_terminal_size(daemon: Daemon, ctr: str) -> None:
-    pid, fd = pty.fork()
-    if pid == 0:  # pragma: no cover - the child
-        os.environ.update(daemon.env())
-        os.execv(DOCKER, [DOCKER, "exec", "-it", "-e", "X=1", "-w", "/tmp", ctr, "sh"])
-    fcntl_size = struct.pack("HHHH", 33, 101, 0, 0)
-    import fcntl
-
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, fcntl_size)
-    out = b""
-
-    def read_until(marker: bytes, timeout_s: float = 15.0) -> bytes:
-        nonlocal out
-        deadline = time.monotonic() + timeout_s
-        while marker not in out and time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.1)
-            if ready:
-                try:
-                    out += os.read(fd, 4096)
-                except OSError:
-                    break
-        return out
-
+    cli = PtyCli(daemon, "exec", "-it", "-e", "X=1", "-w", "/tmp", ctr, "sh", rows=33, cols=101)
     try:
-        assert b"#" in read_until(b"#")
-        os.write(fd, b"tty; echo $X; pwd; stty size; echo mark-$((40+2))\r")
-        assert b"mark-42" in read_until(b"mark-42")
-        assert b"/dev/pts/" in out
-        assert b"33 101" in out
-        assert b"/tmp" in out
-        os.write(fd, b"exit 5\r")
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 5
+        assert b"#" in cli.read_until(b"#")
+        cli.send(b"tty; echo $X; pwd; stty size; echo mark-$((40+2))\r")
+        assert b"mark-42" in cli.read_until(b"mark-42")
+        assert b"/dev/pts/" in cli.out
+        assert b"33 101" in cli.out
+        assert b"/tmp" in cli.out
+        cli.send(b"exit 5\r")
+        assert cli.wait() == 5
     finally:
-        os.close(fd)
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
+        cli.close()
 
 
 def test_exec_detached_and_exec_ids(daemon: Daemon, ctr: str) -> None:
