@@ -241,9 +241,23 @@ async def _download_and_unpack(
     callable); otherwise both temp files are thrown away. A SIGKILL at any point leaves temp
     names only, which the startup sweep removes.
     """
-    digest, media, declared_size = blob
-    if svc.download_slots.locked():
+    if svc.unpack_slots.locked() or svc.download_slots.locked():
         job.emit(layer_message(short, "Waiting"))
+    async with svc.unpack_slots:
+        return await _stream_layer(svc, client, repo, blob, parent, diff_id, short, job)
+
+
+async def _stream_layer(
+    svc: ImageService,
+    client: RegistryClient,
+    repo: str,
+    blob: tuple[str, str, int],
+    parent: str | None,
+    diff_id: str,
+    short: str,
+    job: LayerJob,
+) -> LayerRecord:
+    digest, media, declared_size = blob
     async with svc.download_slots:  # for the transfer only: the unpacking may finish after it
         writer = await asyncio.to_thread(svc.store.new_blob_writer)
         pipe = _BodyPipe(asyncio.get_running_loop())

@@ -60,6 +60,10 @@ class ImageService:
         self.creating = 0  # layer creations outside layer jobs (import, commit) in flight
         self.active_blobs: Counter[str] = Counter()  # blobs a layer job is fetching or unpacking
         self.download_slots = asyncio.Semaphore(max(1, config.max_concurrent_downloads))
+        # Layers being unpacked as they download: a transfer frees its download slot when the
+        # body is in, while its thread still works through what it buffered; this bounds those
+        # threads (and their buffers) however many small layers an image has.
+        self.unpack_slots = asyncio.Semaphore(2 * max(1, config.max_concurrent_downloads))
         self.upload_slots = asyncio.Semaphore(max(1, config.max_concurrent_uploads))
         self.blob_sources: dict[str, set[str]] = {}  # blob digest -> {"host/repo"} (cross-repo mount)
 

@@ -236,3 +236,42 @@ async def test_a_failed_pipe_raises_in_the_reader() -> None:
     pipe.fail(RegistryError("gone"))
     with pytest.raises(RegistryError, match="gone"):
         await asyncio.to_thread(pipe.take, 100)
+
+
+async def test_unpacking_threads_are_bounded(svc: ImageService, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small layers download at once (each fits in its pipe) and free their download slot; the
+    threads still unpacking them are bounded all the same."""
+    release = threading.Event()
+    lock = threading.Lock()
+    running = peak = 0
+    real = svc.store.create_layer_blocking
+
+    def held(*args: Any, **kwargs: Any) -> LayerRecord:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        try:
+            release.wait(30)
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(svc.store, "create_layer_blocking", held)
+    tars = [layer_tar({f"f{i}": os.urandom(1000)}) for i in range(10)]
+    bodies = [gzip.compress(t) for t in tars]
+    tasks = [
+        asyncio.create_task(stream(svc, FakeRegistry(b), digest_of(b), digest_of(t), []))
+        for t, b in zip(tars, bodies, strict=True)
+    ]
+    limit = 2 * svc.config.max_concurrent_downloads
+    for _ in range(500):
+        if running >= limit:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+    assert running == peak == limit
+    release.set()
+    records = await asyncio.gather(*tasks)
+    assert peak == limit and {r.diff_id for r in records} == {digest_of(t) for t in tars}
