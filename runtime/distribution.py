@@ -259,18 +259,19 @@ async def _stream_layer(
 ) -> LayerRecord:
     digest, media, declared_size = blob
     async with svc.download_slots:  # for the transfer only: the unpacking may finish after it
-        writer = await asyncio.to_thread(svc.store.new_blob_writer)
         pipe = _BodyPipe(asyncio.get_running_loop())
-        source = _StreamedBlob(pipe, writer)
-
-        def land() -> tuple[str, str, int]:
-            actual = source.finish()
-            if actual != digest:
-                raise RegistryError(verification_failed(digest, actual))
-            writer.commit(digest)
-            return digest, media, writer.size
 
         def work() -> LayerRecord:
+            writer = svc.store.new_blob_writer()
+            source = _StreamedBlob(pipe, writer)
+
+            def land() -> tuple[str, str, int]:
+                actual = source.finish()
+                if actual != digest:
+                    raise RegistryError(verification_failed(digest, actual))
+                writer.commit(digest)
+                return digest, media, writer.size
+
             try:
                 try:
                     return svc.store.create_layer_blocking(
@@ -317,7 +318,7 @@ async def _stream_layer(
             await unpacked
         raise
     job.emit(layer_message(short, "Download complete"))
-    job.emit(layer_message(short, "Extracting", writer.size, writer.size))
+    job.emit(layer_message(short, "Extracting", record.blob_size, record.blob_size))
     return record
 
 

@@ -124,8 +124,8 @@ def _gunzip_chunks(src: IO[bytes], head: bytes) -> Iterator[bytes]:
                 return
             view = memoryview(data)
         if not in_member:
-            if not bytes(view).strip(b"\0"):
-                view = memoryview(b"")
+            if view[0] == 0 and not bytes(view).strip(b"\0"):
+                view = memoryview(b"")  # zero padding
                 continue
             in_member = True
         if tail:

@@ -9,13 +9,16 @@ what went in. Derandomized and bounded in count; the counts are in the terminal 
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gzip
 import io
+import itertools
 import json
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar, cast
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -245,6 +248,53 @@ def test_unpack_of_hostile_tars_stays_inside_and_fails_cleanly(tmp_path_factory:
     for path in target.rglob("*"):
         resolved = path.parent.resolve() / path.name
         assert str(resolved).startswith(str(target.resolve())), f"{path} is outside the target"
+
+
+class _Dribble:
+    """A source giving at most `step` bytes per read (a body arriving in pieces)."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self._data = data
+        self._step = step
+
+    def read(self, n: int = -1) -> bytes:
+        take = self._step if n < 0 else min(n, self._step)
+        out, self._data = self._data[:take], self._data[take:]
+        return out
+
+
+@fuzz(
+    60,
+    st.binary(max_size=50_000),
+    st.lists(st.integers(0, 50_000), max_size=3),
+    st.integers(0, 9),
+    st.integers(1, 70_000),
+    st.booleans(),
+)
+def test_gzip_members_round_trip_in_any_pieces(
+    data: bytes, cuts: list[int], level: int, step: int, padded: bool
+) -> None:
+    bounds = sorted({0, len(data), *(min(c, len(data)) for c in cuts)})
+    blob = b"".join(gzip.compress(data[a:b], compresslevel=level) for a, b in itertools.pairwise(bounds))
+    blob = blob or gzip.compress(b"")
+    if padded:
+        blob += b"\0" * 512
+    chunks, kind = layers.decompressed_chunks(cast(IO[bytes], _Dribble(blob, step)))
+    got = list(chunks)
+    assert kind == "gzip" and b"".join(got) == data
+    assert all(0 < len(c) <= layers.CHUNK for c in got)
+
+
+@fuzz(120, st.binary(min_size=1, max_size=5000), st.integers(0, 10_000), st.integers(0, 255), st.booleans())
+def test_damaged_gzip_decodes_or_is_invalid(data: bytes, where: int, xor: int, truncate: bool) -> None:
+    blob = bytearray(gzip.compress(data))
+    i = where % len(blob)
+    if truncate:
+        del blob[i:]
+    else:
+        blob[i] ^= xor or 1
+    with contextlib.suppress(layers.InvalidLayer):
+        b"".join(layers.decompressed_chunks(io.BytesIO(bytes(blob)))[0])
 
 
 # --- image archives (docker load) ---------------------------------------------------------------
