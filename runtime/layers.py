@@ -398,7 +398,7 @@ def _clean_parts(name: str, what: str) -> list[str]:
 class _Unpacker:
     root_fd: int
     whiteouts: WhiteoutMode
-    stream: _LayerStream | None = None  # the tar's own stream: regular files are copied from it
+    stream: _LayerStream  # the tar's own stream: regular files are copied from it
     is_root: bool = field(default_factory=lambda: os.geteuid() == 0)
     _dir_fds: dict[tuple[str, ...], int] = field(default_factory=dict)
     _deferred_dirs: list[tuple[tuple[str, ...], tarfile.TarInfo]] = field(default_factory=list)
@@ -491,7 +491,7 @@ class _Unpacker:
             os.close(self._dir_fds.pop(key))
         _remove_at(self._open_dir(parent), name)
 
-    def entry(self, tf: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+    def entry(self, member: tarfile.TarInfo) -> None:
         if len(self._dir_fds) > 256:  # bound the fd cache; no fd is held across entries
             self.close()
         parts = _clean_parts(member.name, "entry")
@@ -518,7 +518,7 @@ class _Unpacker:
                 os.mkdir(base, 0o700, dir_fd=dfd)
             self._deferred_dirs.append((key, member))
         elif member.isreg():
-            self._regular(tf, member, dfd, base)
+            self._regular(member, dfd, base)
         elif member.issym():
             os.symlink(member.linkname, base, dir_fd=dfd)
             self._owner(dfd, base, member, follow=False)
@@ -547,25 +547,16 @@ class _Unpacker:
         else:
             log.debug("skipping tar member %s of type %r", member.name, member.type)
 
-    def _regular(self, tf: tarfile.TarFile, member: tarfile.TarInfo, dfd: int, base: str) -> None:
+    def _regular(self, member: tarfile.TarInfo, dfd: int, base: str) -> None:
         fd = os.open(
             base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd
         )
         try:
-            if self.stream is not None and member.sparse is None:
-                self.stream.seek(member.offset_data)
-                if self.stream.copy_to(fd, member.size) != member.size:
-                    raise InvalidLayer(f"unexpected EOF in tar member {member.name!r}")
+            self.stream.seek(member.offset_data)
+            if member.sparse is None:
+                self._copy(fd, member, member.size)
             else:
-                src = tf.extractfile(member)
-                if src is not None:
-                    remaining = member.size
-                    while remaining > 0:
-                        chunk = src.read(min(CHUNK, remaining))
-                        if not chunk:
-                            raise InvalidLayer(f"unexpected EOF in tar member {member.name!r}")
-                        _write_all(fd, chunk)
-                        remaining -= len(chunk)
+                self._sparse(fd, member)
             self.size += member.size
             self._owner_fd(fd, member)
             os.fchmod(fd, member.mode & 0o7777)
@@ -573,6 +564,21 @@ class _Unpacker:
             os.utime(fd, ns=(_mtime_ns(member), _mtime_ns(member)))
         finally:
             os.close(fd)
+
+    def _copy(self, fd: int, member: tarfile.TarInfo, n: int) -> None:
+        if self.stream.copy_to(fd, n) != n:
+            raise InvalidLayer(f"unexpected EOF in tar member {member.name!r}")
+
+    def _sparse(self, fd: int, member: tarfile.TarInfo) -> None:
+        """A sparse member (GNU or PAX): its data segments at their offsets, holes left as holes
+        (writing them out as zeros would let a small layer fill the disk)."""
+        segments = cast("list[tuple[int, int]]", member.sparse or [])  # typeshed says int
+        for offset, length in segments:
+            if offset < 0 or length < 0 or offset + length > member.size:
+                raise InvalidLayer(f"invalid sparse map in tar member {member.name!r}")
+            os.lseek(fd, offset, os.SEEK_SET)
+            self._copy(fd, member, length)
+        os.ftruncate(fd, member.size)
 
     def _hardlink(self, member: tarfile.TarInfo, dfd: int, base: str) -> None:
         target = member.linkname.lstrip("/")  # link targets are relative to the layer root
@@ -718,7 +724,7 @@ def unpack(
         try:
             with tarfile.open(fileobj=cast(IO[bytes], stream), mode="r:", tarinfo=_SafeTarInfo) as tf:
                 for member in tf:
-                    unpacker.entry(tf, member)
+                    unpacker.entry(member)
             unpacker.finish()
             stream.drain()
         except tarfile.ReadError as exc:

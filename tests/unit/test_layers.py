@@ -445,4 +445,39 @@ def test_sparse_members(tmp_path: Path, fmt: str) -> None:
     with tarfile.open(archive) as tf:
         assert tf.getmember("sparse").sparse, "tar(1) made no sparse member"
     unpack_bytes(gzip.compress(archive.read_bytes()), tmp_path / "root")
-    assert (tmp_path / "root" / "sparse").read_bytes() == (src / "sparse").read_bytes()
+    out = tmp_path / "root" / "sparse"
+    assert out.read_bytes() == (src / "sparse").read_bytes()
+    assert out.stat().st_blocks * 512 < 1 << 20, "the holes were written out"
+
+
+def pax_sparse(name: str, real_size: int, segments: list[tuple[int, bytes]]) -> bytes:
+    """A GNU PAX 1.0 sparse member as GNU tar writes one: the map, then the segments' data."""
+    listing = f"{len(segments)}\n" + "".join(f"{off}\n{len(data)}\n" for off, data in segments)
+    block = listing.encode().ljust(-(-len(listing) // 512) * 512, b"\0")
+    data = block + b"".join(d for _, d in segments)
+    info = tarfile.TarInfo(f"GNUSparseFile.0/{name}")
+    info.size, info.mode = len(data), 0o644
+    info.pax_headers = {
+        "GNU.sparse.major": "1",
+        "GNU.sparse.minor": "0",
+        "GNU.sparse.name": name,
+        "GNU.sparse.realsize": str(real_size),
+    }
+    return make_tar([(info, data)])
+
+
+def test_sparse_holes_are_not_written(root: Path) -> None:
+    """A small layer declaring a huge sparse file must not fill the disk with its holes."""
+    size = (1 << 30) + 3
+    unpack_bytes(pax_sparse("big", size, [(10, b"start"), (1 << 30, b"end")]), root)
+    st = os.stat(root / "big")
+    assert st.st_size == size and st.st_blocks * 512 < 1 << 20
+    with open(root / "big", "rb") as f:
+        assert f.read(15) == b"\0" * 10 + b"start"
+        f.seek(1 << 30)
+        assert f.read() == b"end"
+
+
+def test_sparse_map_past_the_end_refused(root: Path) -> None:
+    with pytest.raises(InvalidLayer, match="sparse map"):
+        unpack_bytes(pax_sparse("bad", 100, [(98, b"toolong")]), root)
