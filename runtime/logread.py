@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
@@ -26,6 +27,23 @@ BLOCK = 1 << 20
 _HEAD = b'{"log":"'
 _STREAM = b'","stream":"'
 _TIME = b'","time":"'
+
+_ESCAPE = re.compile(rb'\\(["\\/bfnrt])')
+_UNESCAPED = {
+    b'"': b'"',
+    b"\\": b"\\",
+    b"/": b"/",
+    b"b": b"\b",
+    b"f": b"\f",
+    b"n": b"\n",
+    b"r": b"\r",
+    b"t": b"\t",
+}
+
+
+def _unescape(match: re.Match[bytes]) -> bytes:
+    return _UNESCAPED[match.group(1)]
+
 
 # (stream b"stdout" | b"stderr", payload, RFC 3339 stamp)
 Record = tuple[bytes, bytes, bytes]
@@ -62,11 +80,16 @@ def decode_line(line: bytes) -> Record | None:
         return None
     body = line[8:cut]
     if b"\\" in body:
-        try:
-            text: str = json.loads(b'"' + body + b'"')
-        except ValueError:
-            return None
-        body = text.encode("utf-8", "surrogateescape")
+        if body.endswith(b"\\n") and b"\\" not in body[:-2]:
+            body = body[:-2] + b"\n"  # the common case: one line of plain text
+        elif b"\\u" not in body:
+            body = _ESCAPE.sub(_unescape, body)
+        else:
+            try:
+                text: str = json.loads(b'"' + body + b'"')
+            except ValueError:
+                return None
+            body = text.encode("utf-8", "surrogateescape")
     return stream, body, line[cut + 28 : end]
 
 

@@ -58,17 +58,25 @@ def format_time(now_ns: int) -> str:
     return _clock.stamp(now_ns)
 
 
+# Bytes that need no JSON escaping (printable ASCII but `"` and `\\`).
+_PLAIN = re.compile(rb"[\x20\x21\x23-\x5b\x5d-\x7e]*")
+
+
+def _tail(stream: str, stamp: bytes) -> bytes:
+    return b'","stream":"' + stream.encode() + b'","time":"' + stamp + b'"}\n'
+
+
+def _encode(data: bytes, tail: bytes) -> bytes:
+    """One record; `tail` is `_tail(stream, stamp)` (shared by the records of one write)."""
+    body = data[:-1] if data.endswith(b"\n") else data
+    if _PLAIN.fullmatch(body):  # the common case: plain text, maybe a final newline
+        return b'{"log":"' + body + (b"\\n" if body is not data else b"") + tail
+    text = json.dumps(data.decode("utf-8", "surrogateescape"))
+    return b'{"log":' + text.encode()[:-1] + tail
+
+
 def encode_record(data: bytes, stream: str, now_ns: int) -> bytes:
-    text = data.decode("utf-8", "surrogateescape")
-    return (
-        b'{"log":'
-        + json.dumps(text).encode()
-        + b',"stream":"'
-        + stream.encode()
-        + b'","time":"'
-        + format_time(now_ns).encode()
-        + b'"}\n'
-    )
+    return _encode(data, _tail(stream, format_time(now_ns).encode()))
 
 
 class LogWriter:
@@ -93,6 +101,7 @@ class LogWriter:
         if self.closed or not data:
             return
         when = now_ns if now_ns is not None else time.time_ns()
+        tail = _tail(stream, format_time(when).encode())
         buf = self._partial[stream]
         buf += data
         out: list[bytes] = []
@@ -103,12 +112,12 @@ class LogWriter:
                 break
             line_end = end + 1
             while line_end - start > MAX_LINE:
-                out.append(encode_record(bytes(buf[start : start + MAX_LINE]), stream, when))
+                out.append(_encode(bytes(buf[start : start + MAX_LINE]), tail))
                 start += MAX_LINE
-            out.append(encode_record(bytes(buf[start:line_end]), stream, when))
+            out.append(_encode(bytes(buf[start:line_end]), tail))
             start = line_end
         while len(buf) - start >= MAX_LINE:
-            out.append(encode_record(bytes(buf[start : start + MAX_LINE]), stream, when))
+            out.append(_encode(bytes(buf[start : start + MAX_LINE]), tail))
             start += MAX_LINE
         del buf[:start]
         if out:
