@@ -6,9 +6,11 @@ Framework defaults are replaced: validation errors become 400, unknown paths 404
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -23,9 +25,10 @@ class DockerJSONResponse(JSONResponse):
     """JSON the way dockerd writes it: compact, newline-terminated."""
 
     def render(self, content: Any) -> bytes:
-        import json
-
-        return json.dumps(content, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        try:
+            return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE)
+        except TypeError:  # what orjson refuses (integers past 64 bits, odd types): the stdlib
+            return json.dumps(content, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
 
 def error_response(message: str, status: int) -> Response:

@@ -17,6 +17,7 @@ import struct
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
+import orjson
 from starlette.responses import StreamingResponse
 
 from runtime.errors import PydockError
@@ -89,7 +90,10 @@ def log_renderer(
 
 
 def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:  # integers past 64 bits and other types orjson refuses
+        return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def error_message(message: str) -> dict[str, Any]:
