@@ -13,10 +13,8 @@ Without `--pydock-host` a throwaway pydockd is started (and stopped) for the run
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
-import json
 import os
 import shutil
 import subprocess
@@ -27,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench import standalone
 from bench.harness import percentile
 from runtime import busybox_image
 
@@ -143,36 +142,12 @@ def run(pydock_host: str, dockerd_host: str | None, rounds: int = 40, warmup: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--pydock-host")
-    parser.add_argument("--dockerd-host")
-    parser.add_argument("--start-dockerd", action="store_true", help="start a throwaway dockerd to compare")
-    parser.add_argument("--rounds", type=int, default=40)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    with contextlib.ExitStack() as stack:
-        host = args.pydock_host
-        if host is None:
-            from tests.integration.daemon import running_daemon
-
-            host = stack.enter_context(running_daemon()).host
-        dockerd_host = args.dockerd_host
-        if dockerd_host is None and args.start_dockerd:
-            from bench.dockerd import DockerdEngine
-
-            engine = DockerdEngine(
-                Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pdbench-dd-")))
-            )
-            stack.callback(engine.close)
-            engine.start_daemon()
-            dockerd_host = engine.host
-        result = run(host, dockerd_host, rounds=args.rounds)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:30} {value}")
-    return 0
+    return standalone.main(
+        __doc__,
+        lambda args, host, dockerd_host: run(host, dockerd_host, rounds=args.rounds),
+        argv,
+        rounds=40,
+    )
 
 
 if __name__ == "__main__":

@@ -14,9 +14,6 @@ Without `--pydock-host` a throwaway pydockd is started (and stopped) for the run
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import json
 import os
 import statistics
 import subprocess
@@ -28,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from bench import standalone
 from bench.bench_exec import DOCKER, docker, ensure_busybox
 
 LINE = "0123456789" * 9 + "abcdefghi"  # `yes` adds the newline: 100 bytes a line
@@ -105,37 +103,13 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--pydock-host")
-    parser.add_argument("--dockerd-host")
-    parser.add_argument("--start-dockerd", action="store_true", help="start a throwaway dockerd to compare")
-    parser.add_argument("--mb", type=float, default=50.0)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    with contextlib.ExitStack() as stack:
-        host = args.pydock_host
-        if host is None:
-            from tests.integration.daemon import running_daemon
-
-            host = stack.enter_context(running_daemon()).host
-        dockerd_host = args.dockerd_host
-        if dockerd_host is None and args.start_dockerd:
-            from bench.dockerd import DockerdEngine
-
-            engine = DockerdEngine(
-                Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pdbench-dd-")))
-            )
-            stack.callback(engine.close)
-            engine.start_daemon()
-            dockerd_host = engine.host
-        result = run(host, dockerd_host, size=int(args.mb * 1e6), rounds=args.rounds)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:34} {value}")
-    return 0
+    return standalone.main(
+        __doc__,
+        lambda args, host, dockerd_host: run(host, dockerd_host, size=int(args.mb * 1e6), rounds=args.rounds),
+        argv,
+        rounds=3,
+        add_arguments=lambda p: p.add_argument("--mb", type=float, default=50.0),
+    )
 
 
 if __name__ == "__main__":

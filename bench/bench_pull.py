@@ -12,8 +12,6 @@ Without `--pydock-host` a throwaway pydockd is started (and stopped) for the run
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -25,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from bench import standalone
 from tests.integration.registry import Registry, build_docker_archive, layer_tar, running_registry
 
 LAYERS = 5
@@ -97,25 +96,12 @@ def run(pydock_host: str, dockerd_host: str | None, rounds: int = 3) -> dict[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--pydock-host")
-    parser.add_argument("--dockerd-host")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    with contextlib.ExitStack() as stack:
-        host = args.pydock_host
-        if host is None:
-            from tests.integration.daemon import running_daemon
-
-            host = stack.enter_context(running_daemon()).host
-        result = run(host, args.dockerd_host, rounds=args.rounds)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:28} {value}")
-    return 0
+    return standalone.main(
+        __doc__,
+        lambda args, host, dockerd_host: run(host, dockerd_host, rounds=args.rounds),
+        argv,
+        rounds=3,
+    )
 
 
 if __name__ == "__main__":
