@@ -23,20 +23,14 @@ import sys
 import tarfile
 from pathlib import Path
 
+from runtime.sysinfo import GOARCH
+
 BUSYBOX = Path("/bin/busybox")
 MTIME = 1_704_067_200  # 2024-01-01T00:00:00Z
 CREATED = "2024-01-01T00:00:00Z"
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PASSWD = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
 GROUP = b"root:x:0:\nnogroup:x:65534:\n"
-GOARCH = {
-    "x86_64": "amd64",
-    "aarch64": "arm64",
-    "armv7l": "arm",
-    "i686": "386",
-    "ppc64le": "ppc64le",
-    "s390x": "s390x",
-}
 
 
 def _info(name: str, kind: bytes, mode: int, size: int = 0, linkname: str = "") -> tarfile.TarInfo:

@@ -80,3 +80,12 @@ def auth_registry() -> Iterator[Registry]:
     with running_registry(auth=("pydock", "s3cret")) as reg:
         reg.copy_archive(FIXTURES / "busybox-docker-save.tar", "private/busybox:latest")
         yield reg
+
+
+@pytest.fixture
+def names(daemon: Daemon) -> Iterator[list[str]]:
+    """Container names a test made on the session daemon; removed (force) at the end."""
+    made: list[str] = []
+    yield made
+    if made:
+        daemon.docker("rm", "-f", *made, check=False)

@@ -6,11 +6,8 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from runtime.busybox_image import build_archive
 from tests.integration.daemon import Daemon, wait_for
@@ -20,14 +17,6 @@ FAST = ["--health-interval", "300ms", "--health-timeout", "2s"]
 
 def uniq(prefix: str = "hc") -> str:
     return f"{prefix}-{secrets.token_hex(4)}"
-
-
-@pytest.fixture
-def names(daemon: Daemon) -> Iterator[list[str]]:
-    made: list[str] = []
-    yield made
-    if made:
-        daemon.docker("rm", "-f", *made, check=False)
 
 
 def health(daemon: Daemon, name: str) -> dict[str, Any] | None:

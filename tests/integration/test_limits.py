@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +20,6 @@ MiB = 1024 * 1024
 
 def uniq(prefix: str = "lim") -> str:
     return f"{prefix}-{secrets.token_hex(4)}"
-
-
-@pytest.fixture
-def names(daemon: Daemon) -> Iterator[list[str]]:
-    made: list[str] = []
-    yield made
-    if made:
-        daemon.docker("rm", "-f", *made, check=False)
 
 
 def run(daemon: Daemon, names: list[str], *args: str, detach: bool = True, check: bool = True) -> str:

@@ -9,24 +9,13 @@ import json
 import secrets
 import time
 import warnings
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from tests.integration.daemon import Daemon, wait_for
 
 
 def uniq(prefix: str = "st") -> str:
     return f"{prefix}-{secrets.token_hex(4)}"
-
-
-@pytest.fixture
-def names(daemon: Daemon) -> Iterator[list[str]]:
-    made: list[str] = []
-    yield made
-    if made:
-        daemon.docker("rm", "-f", *made, check=False)
 
 
 def run(daemon: Daemon, names: list[str], *args: str) -> str:
