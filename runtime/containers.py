@@ -20,7 +20,7 @@ from typing import Any
 from app.models.containers import ContainerCreateRequest
 from app.models.endpoints import NetworkingConfig
 from app.models.hostconfig import HostConfig
-from runtime import ids, store
+from runtime import ids, reference, store
 from runtime.config import DaemonConfig
 from runtime.errors import (
     AmbiguousRef,
@@ -28,6 +28,7 @@ from runtime.errors import (
     InvalidParameter,
     NameInUse,
     NoSuchContainer,
+    NoSuchImage,
     PydockError,
     SystemError_,
 )
@@ -275,7 +276,14 @@ class ContainerService:
         pulls), InvalidParameter (400), NameInUse (409)."""
         if name:
             name = ids.check_container_name(name)
-        image = self.images.resolve(body.Image)
+        try:
+            image = self.images.resolve(body.Image)
+        except NoSuchImage:
+            # A malformed reference is a 400 (dockerd's "invalid reference format"), not a 404
+            # the CLI would answer by trying to pull it.
+            if not ids.HEX_PREFIX.match(body.Image.removeprefix("sha256:")):
+                reference.parse(body.Image)
+            raise
         hc = body.HostConfig or HostConfig()
         config = body.config()
         config, warnings = check_create(config, hc, self.create_limits())

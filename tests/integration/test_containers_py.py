@@ -151,6 +151,9 @@ def test_error_shapes(daemon: Daemon) -> None:
     r = daemon.request("POST", "/v1.41/containers/create", json={"Image": "nosuchimage:v9", "Cmd": ["x"]})
     assert r.status_code == 404
     assert r.json() == {"message": "No such image: nosuchimage:v9"}
+    r = daemon.request("POST", "/v1.41/containers/create", json={"Image": "bad::ref", "Cmd": ["x"]})
+    assert r.status_code == 400
+    assert r.json() == {"message": "invalid reference format"}
 
 
 def test_hijacked_attach_multiplexes_stdout_and_stderr(daemon: Daemon) -> None:
