@@ -173,9 +173,14 @@ def test_cp_out_of_and_into_a_stopped_container(daemon: Daemon, made: Objects, t
     daemon.docker("start", "-a", c)  # runs the echo again: the container's rootfs was kept
     daemon.docker("cp", f"{c}:/root/in", str(tmp_root / "in2"))
     assert (tmp_root / "in2").read_text() == "put while stopped\n"
-    leftover = [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if "/fs/" in line
-                and str(daemon.root) in line]  # fmt: skip
-    assert leftover == []  # the private mount of the stopped container is gone
+
+    def private_mounts() -> list[str]:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+        return [line for line in lines if "/fs/" in line and str(daemon.root) in line]
+
+    # The private mount of the stopped container goes once the copy's response has been sent
+    # (the CLI may have read its last byte a moment before): wait for that, boundedly.
+    wait_for(lambda: private_mounts() == [], 10, "the private mount to go")
 
 
 def test_stat_header_and_errors(daemon: Daemon, running: str) -> None:
