@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import struct
@@ -19,7 +20,9 @@ from typing import Any
 
 import orjson
 from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
+from runtime.aiters import closing
 from runtime.errors import PydockError
 
 log = logging.getLogger("pydock.api")
@@ -102,8 +105,9 @@ def error_message(message: str) -> dict[str, Any]:
 
 async def _json_messages(source: AsyncIterator[Mapping[str, Any]], terminator: bytes) -> AsyncIterator[bytes]:
     try:
-        async for obj in source:
-            yield dumps(obj) + terminator
+        async with closing(source):
+            async for obj in source:
+                yield dumps(obj) + terminator
     except PydockError as exc:
         yield dumps(error_message(str(exc))) + terminator
     except Exception as exc:  # an unexpected failure mid-stream still ends the stream cleanly
@@ -111,13 +115,31 @@ async def _json_messages(source: AsyncIterator[Mapping[str, Any]], terminator: b
         yield dumps(error_message(f"{type(exc).__name__}: {exc}")) + terminator
 
 
+class ClosingStreamingResponse(StreamingResponse):
+    """A streaming response that always closes its body iterator when the response ends.
+
+    Starlette stops iterating when the client goes away but leaves the async generator
+    suspended at its `yield`: its `finally` (releasing a container's files, an event
+    subscription, a log reader) would then wait for the garbage collector. Closing it here
+    runs that cleanup at once, however the response ended.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await asyncio.shield(aclose())
+
+
 def json_message_stream(source: AsyncIterator[Mapping[str, Any]]) -> StreamingResponse:
     """A progress stream (pull, push, load, import): `\\r\\n` lines, errors in-band."""
-    return StreamingResponse(_json_messages(source, b"\r\n"), media_type="application/json")
+    return ClosingStreamingResponse(_json_messages(source, b"\r\n"), media_type="application/json")
 
 
 def json_lines(
     source: AsyncIterator[Mapping[str, Any]], media_type: str | None = "application/json"
 ) -> StreamingResponse:
     """A `\\n`-terminated JSON-lines stream (events, stats, wait); headers go out at once."""
-    return StreamingResponse(_json_messages(source, b"\n"), media_type=media_type)
+    return ClosingStreamingResponse(_json_messages(source, b"\n"), media_type=media_type)

@@ -21,6 +21,7 @@ from typing import IO, Any, cast
 
 from app.models.containers import ContainerConfig
 from runtime import cparchive, cpextract, layers
+from runtime.aiters import closing
 from runtime.archive import apply_changes
 from runtime.changes import container_changes
 from runtime.containers import ContainerService
@@ -141,8 +142,10 @@ class ContainerFs:
                     _body, gen = await asyncio.to_thread(cparchive.archive_resource, tree, path)
                 except OSError:
                     return  # gone since the stat: an empty body, the 200 is already out
-                async for chunk in iterate_in_thread(gen):
-                    yield chunk
+                chunks = iterate_in_thread(gen)
+                async with closing(chunks):
+                    async for chunk in chunks:
+                        yield chunk
 
         sup.event("archive-path")
         return body, stream()
@@ -190,8 +193,10 @@ class ContainerFs:
 
         async def stream() -> AsyncIterator[bytes]:
             async with self.mounts.hold(sup.container) as tree:
-                async for chunk in iterate_in_thread(cparchive.export_rootfs(tree)):
-                    yield chunk
+                chunks = iterate_in_thread(cparchive.export_rootfs(tree))
+                async with closing(chunks):
+                    async for chunk in chunks:
+                        yield chunk
 
         sup.event("export")
         return stream()

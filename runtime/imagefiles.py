@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
 from runtime import archive, layers, reference, store
+from runtime.aiters import closing
 from runtime.chunks import ChunkReader
 from runtime.errors import InvalidParameter
 from runtime.imagestore import ImageRecord, LayerRecord, now_rfc3339
@@ -179,9 +180,10 @@ async def save(svc: ImageService, names: list[str]) -> AsyncIterator[bytes]:
 
     async def stream() -> AsyncIterator[bytes]:
         with svc.store.pinned(chains):
-            gen = archive.save_stream_blocking(svc.store, targets)
-            async for chunk in _iterate_in_thread(gen):
-                yield chunk
+            chunks = _iterate_in_thread(archive.save_stream_blocking(svc.store, targets))
+            async with closing(chunks):
+                async for chunk in chunks:
+                    yield chunk
         for image, refs in targets:
             svc.events.publish(
                 "image", "save", image.image_id, {"name": refs[0].familiar() if refs else image.image_id}

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from runtime.aiters import closing
 from runtime.logs import LogWriter, format_time
 
 BLOCK = 1 << 20
@@ -202,8 +203,9 @@ async def _stream_file(
                 for index in range(skipped, 0, -1):
                     rotated = await asyncio.to_thread(_open_or_none, path.with_name(f"{path.name}.{index}"))
                     if rotated is not None:
-                        async for chunk in _stream_file(rotated, query, render, None, path):
-                            yield chunk
+                        async with closing(_stream_file(rotated, query, render, None, path)) as rest:
+                            async for chunk in rest:
+                                yield chunk
                 reopened = await asyncio.to_thread(_open_or_none, path)
                 if reopened is None:
                     return
@@ -230,17 +232,20 @@ async def read_logs(
         if not query.follow or writer is None or writer.closed:
             return
         f = await asyncio.to_thread(_open_at_end, path)
-        async for chunk in _stream_file(f, query, render, writer, path):
-            yield chunk
+        async with closing(_stream_file(f, query, render, writer, path)) as live:
+            async for chunk in live:
+                yield chunk
         return
     files = await asyncio.to_thread(log_files, path)
     for old in files[:-1]:
         rotated = await asyncio.to_thread(_open_or_none, old)
         if rotated is not None:
-            async for chunk in _stream_file(rotated, query, render, None, old):
-                yield chunk
+            async with closing(_stream_file(rotated, query, render, None, old)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
     current = await asyncio.to_thread(_open_or_none, path)
     if current is None:
         return
-    async for chunk in _stream_file(current, query, render, writer, path):
-        yield chunk
+    async with closing(_stream_file(current, query, render, writer, path)) as chunks:
+        async for chunk in chunks:
+            yield chunk

@@ -20,6 +20,7 @@ from app.deps import engine_of
 from app.errors import DockerJSONResponse
 from app.models.volumes import CommitResponse, ContainerChange
 from app.params import DockerBool, docker_bool
+from app.streams import ClosingStreamingResponse
 from runtime.containerfs import ContainerFs
 from runtime.engine import Engine
 from runtime.errors import ClientGone, InvalidParameter
@@ -71,7 +72,7 @@ async def container_archive_info(ref: str, files: Files, path: PathQuery = None)
 )
 async def container_archive(ref: str, files: Files, path: PathQuery = None) -> StreamingResponse:
     body, stream = await files.archive(ref, _path(path))
-    return StreamingResponse(
+    return ClosingStreamingResponse(
         stream, media_type="application/x-tar", headers={STAT_HEADER: _stat_header(body)}
     )
 
@@ -103,7 +104,7 @@ async def put_container_archive(
 )
 async def container_export(ref: str, files: Files) -> StreamingResponse:
     stream: AsyncIterator[bytes] = await files.export(ref)
-    return StreamingResponse(stream, media_type="application/octet-stream")
+    return ClosingStreamingResponse(stream, media_type="application/octet-stream")
 
 
 @router.get(

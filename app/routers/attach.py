@@ -22,7 +22,8 @@ from app.deps import get_containers
 from app.hijack import RAW_STREAM, HijackChannel, HijackedResponse, hijack_channel, pump_input
 from app.params import DockerBool
 from app.routers.system import parse_timestamp_ns
-from app.streams import STDERR, STDOUT, frame, log_renderer
+from app.streams import STDERR, STDOUT, ClosingStreamingResponse, frame, log_renderer
+from runtime.aiters import closing
 from runtime.containers import ContainerService
 from runtime.errors import Conflict, InvalidParameter
 from runtime.logread import LogQuery, read_logs
@@ -87,9 +88,10 @@ class ChannelSink(Sink):
 async def _replay_logs(sup: Supervisor, sink: ChannelSink) -> None:
     query = LogQuery(stdout=STDOUT in sink.streams, stderr=STDERR in sink.streams)
     render = log_renderer(tty=sink.tty)
-    async for chunk in read_logs(sup.container.log_path, query, None, render):
-        sink.channel.write(chunk)
-        await sink.drain()
+    async with closing(read_logs(sup.container.log_path, query, None, render)) as chunks:
+        async for chunk in chunks:
+            sink.channel.write(chunk)
+            await sink.drain()
 
 
 async def _pump_stdin(channel: HijackChannel, sup: Supervisor, *, detach_keys: bytes, tty: bool) -> str:
@@ -189,8 +191,10 @@ def _attach_without_upgrade(
         try:
             if logs:
                 query = LogQuery(stdout=stdout, stderr=stderr)
-                async for chunk in read_logs(sup.container.log_path, query, None, log_renderer(tty=tty)):
-                    yield chunk
+                logs_ = read_logs(sup.container.log_path, query, None, log_renderer(tty=tty))
+                async with closing(logs_):
+                    async for chunk in logs_:
+                        yield chunk
             if stream:
                 while (item := await queue.get()) is not None:
                     yield item
@@ -198,7 +202,7 @@ def _attach_without_upgrade(
             if detach is not None:
                 detach()
 
-    return StreamingResponse(body(), media_type=RAW_STREAM)
+    return ClosingStreamingResponse(body(), media_type=RAW_STREAM)
 
 
 @router.get("/containers/{ref}/logs", operation_id="ContainerLogs", response_class=StreamingResponse)
@@ -244,8 +248,9 @@ async def container_logs(
     render = log_renderer(tty=tty, timestamps=timestamps, details=details)
 
     async def body() -> AsyncIterator[bytes]:
-        async for chunk in read_logs(c.log_path, query, writer, render):
-            yield chunk
+        async with closing(read_logs(c.log_path, query, writer, render)) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     # No Content-Type below API 1.42, as dockerd 20.10 answers (PROTOCOL.md §2 logs).
-    return StreamingResponse(body())
+    return ClosingStreamingResponse(body())

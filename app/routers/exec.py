@@ -23,14 +23,14 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from app.deps import get_execs
 from app.errors import DockerJSONResponse
 from app.hijack import RAW_STREAM, HijackChannel, HijackedResponse, hijack_channel, pump_input
 from app.models.exec import ExecConfig, ExecCreateResponse, ExecInspect, ExecStartConfig
 from app.routers.attach import DEFAULT_DETACH_KEYS, ChannelSink, parse_detach_keys
-from app.streams import STDOUT, frame
+from app.streams import STDOUT, ClosingStreamingResponse, frame
 from runtime.errors import InvalidParameter, PydockError
 from runtime.execproc import ExecProcess
 from runtime.execs import ExecRecord, ExecService
@@ -207,4 +207,4 @@ def _start_without_upgrade(execs: ExecService, record: ExecRecord, *, framed: bo
             if not finished:
                 execs.terminate(record)
 
-    return StreamingResponse(body(), media_type=RAW_STREAM)
+    return ClosingStreamingResponse(body(), media_type=RAW_STREAM)

@@ -32,7 +32,7 @@ from app.models.images import (
     ImageSummary,
 )
 from app.params import FiltersQuery, docker_bool, parse_filters
-from app.streams import json_message_stream
+from app.streams import ClosingStreamingResponse, json_message_stream
 from runtime import distribution, reference
 from runtime.engine import Engine
 from runtime.errors import InvalidParameter, Unsupported
@@ -151,7 +151,7 @@ async def image_get_all(
 ) -> StreamingResponse:
     if not names:
         raise InvalidParameter("no image names given")
-    return StreamingResponse(await images.save(names), media_type="application/x-tar")
+    return ClosingStreamingResponse(await images.save(names), media_type="application/x-tar")
 
 
 @router.post("/images/load", operation_id="ImageLoad")
@@ -206,7 +206,7 @@ async def image_push(
 
 @router.get("/images/{name:path}/get", operation_id="ImageGet", response_class=StreamingResponse)
 async def image_get(name: str, images: ImagesDep) -> StreamingResponse:
-    return StreamingResponse(await images.save([name]), media_type="application/x-tar")
+    return ClosingStreamingResponse(await images.save([name]), media_type="application/x-tar")
 
 
 @router.delete("/images/{name:path}", operation_id="ImageDelete", response_model=list[ImageDeleteItem])

@@ -20,6 +20,7 @@ from app.middleware import API_VERSION, MIN_API_VERSION
 from app.params import FiltersQuery, check_filter_keys, parse_filters
 from app.streams import json_lines
 from runtime import sysinfo
+from runtime.aiters import closing
 from runtime.engine import Engine
 from runtime.errors import InvalidParameter
 from runtime.events import Event
@@ -272,8 +273,10 @@ async def system_events(
     accept = event_matcher(parse_filters(filters))
 
     async def wire() -> AsyncIterator[dict[str, Any]]:
-        async for event in engine.events.subscribe(since_ns=since_ns, until_ns=until_ns, accept=accept):
-            yield event.to_wire()
+        events = engine.events.subscribe(since_ns=since_ns, until_ns=until_ns, accept=accept)
+        async with closing(events):
+            async for event in events:
+                yield event.to_wire()
 
     return json_lines(wire())
 
