@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from runtime.cgroups import DEFAULT_CGROUP_PARENT, container_cgroup_path
 from runtime.config import (
     DEFAULT_BIP,
     DEFAULT_BRIDGE,
@@ -25,6 +26,7 @@ from runtime.config import (
     TlsConfig,
 )
 from runtime.engine import VERSION
+from runtime.errors import InvalidParameter
 
 DEFAULT_CONFIG_FILE = Path("/etc/pydock/daemon.json")
 LOG_LEVELS = ("debug", "info", "warn", "warning", "error", "fatal")
@@ -83,6 +85,7 @@ CONFIG_KEYS: dict[str, str] = {
     "max_concurrent_downloads": "max-concurrent-downloads",
     "max_concurrent_uploads": "max-concurrent-uploads",
     "shutdown_timeout": "shutdown-timeout",
+    "cgroup_parent": "cgroup-parent",
 }
 
 
@@ -170,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=go_bool,
         metavar="",
         help="Enable live restore of containers when the daemon stops",
+    )
+    o.add_argument(
+        "--cgroup-parent",
+        metavar="string",
+        help=f'Parent cgroup of every container without its own (default "{DEFAULT_CGROUP_PARENT}")',
     )
     o.add_argument(
         "--shutdown-timeout", type=int, metavar="int", help="Default shutdown timeout in seconds (default 15)"
@@ -422,6 +430,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[DaemonConfig, str]:
         runtimes = {spec.name: spec for spec in cfg.runtimes}
         runtimes.update({name: RuntimeSpec(name, path) for name, path in extra.items()})
         changes["runtimes"] = tuple(runtimes.values())
+    if "cgroup_parent" in merged:
+        parent = str(merged["cgroup_parent"])
+        try:
+            container_cgroup_path("x", parent)
+        except InvalidParameter as exc:
+            raise ConfigError(str(exc)) from exc
+        changes["cgroup_parent"] = parent
     if merged.get("insecure_tcp"):
         changes["allow_insecure_tcp"] = True
 

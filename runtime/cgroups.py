@@ -1,7 +1,8 @@
 """cgroups: where a container's cgroup lives and what it says (memory, cpu, pids, io, OOM, freezer).
 
 pydock uses runc's cgroupfs driver with an absolute path per container,
-`<parent>/<cid>` (parent `/pydock` by default, or `HostConfig.CgroupParent`); runc creates it in
+`<parent>/<cid>` (the container's `HostConfig.CgroupParent`, else the daemon's `--cgroup-parent`,
+`/pydock` by default), fixed at create and kept in its record; runc creates it in
 every hierarchy on `runc create` and removes it on `runc delete`. `remove_cgroup` clears what a
 crash left behind.
 

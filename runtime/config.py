@@ -11,6 +11,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runtime.cgroups import DEFAULT_CGROUP_PARENT
+
 DEFAULT_SOCKET = "/var/run/pydock.sock"
 DEFAULT_DATA_ROOT = Path("/var/lib/pydock")
 DEFAULT_EXEC_ROOT = Path("/run/pydock")
@@ -77,6 +79,7 @@ class DaemonConfig:
     max_concurrent_downloads: int = 3
     max_concurrent_uploads: int = 5
     shutdown_timeout_s: int = 15
+    cgroup_parent: str = DEFAULT_CGROUP_PARENT
 
     # --- layout -------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from app.models.containers import ContainerCreateRequest
 from app.models.endpoints import NetworkingConfig
 from app.models.hostconfig import HostConfig
 from runtime import ids, reference, store
+from runtime.cgroups import container_cgroup_path
 from runtime.config import DaemonConfig
 from runtime.errors import (
     AmbiguousRef,
@@ -323,6 +324,7 @@ class ContainerService:
             data_dir=self.config.containers_dir / cid,
             runtime=runtime_name,
             state=ContainerState(),
+            cgroup_path=container_cgroup_path(cid, hc.CgroupParent, default_parent=self.config.cgroup_parent),
         )
         self.network.validate(container)  # unknown network: 404 before anything is written
         self._names[name] = cid

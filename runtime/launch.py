@@ -64,7 +64,9 @@ class LaunchContext(Protocol):
 
 
 def cgroups_path(container: Container) -> str:
-    return container_cgroup_path(container.cid, container.host_config.CgroupParent or "")
+    """The container's cgroup: recorded at create (records from before that fall back to the
+    default parent)."""
+    return container.cgroup_path or container_cgroup_path(container.cid, container.host_config.CgroupParent)
 
 
 class Launcher:

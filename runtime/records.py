@@ -111,6 +111,7 @@ class Container:
     mounts: list[dict[str, Any]] = field(default_factory=list)  # inspect `Mounts`, resolved at create
     network_settings: dict[str, Any] = field(default_factory=dict)  # filled by the network layer
     platform: str = "linux"
+    cgroup_path: str = ""  # where runc puts its cgroup (`<parent>/<cid>`), fixed at create
 
     @property
     def log_path(self) -> Path:
@@ -144,6 +145,7 @@ class Container:
             "NetworkSettings": self.network_settings,
             "ExecIDs": self.exec_ids,
             "Platform": self.platform,
+            "CgroupPath": self.cgroup_path,
         }
 
     @classmethod
@@ -165,6 +167,7 @@ class Container:
             mounts=list(config.get("Mounts") or []),
             network_settings=dict(config.get("NetworkSettings") or {}),
             platform=config.get("Platform", "linux"),
+            cgroup_path=config.get("CgroupPath", ""),
         )
 
     # --- persistence (blocking: call through asyncio.to_thread) -------------------------------

@@ -28,6 +28,8 @@ from typing import Any
 
 import httpx
 
+from runtime.cgroups import CgroupLayout, remove_cgroup
+
 REPO = Path(__file__).resolve().parents[2]
 PYDOCKD = REPO / ".venv" / "bin" / "pydockd"
 DOCKER = shutil.which("docker") or "/usr/local/bin/docker"
@@ -112,6 +114,10 @@ class Daemon:
         return f"PDT{self.run_id.upper()}"
 
     @property
+    def cgroup_parent(self) -> str:
+        return f"/pdt-{self.run_id}"
+
+    @property
     def log_path(self) -> Path:
         return self.root / "pydockd.log"
 
@@ -126,6 +132,7 @@ class Daemon:
             str(PYDOCKD), "-H", self.host, "--data-root", str(self.data_root),
             "--exec-root", str(self.exec_root), "-b", self.bridge,
             "--bip", f"{gateway}/{self.subnet.prefixlen}", "--iptables-chain-prefix", self.chain_prefix,
+            "--cgroup-parent", self.cgroup_parent,
             "--pidfile", str(self.root / "pydockd.pid"), "--log-level", "debug", *self.extra_args,
         ]  # fmt: skip
 
@@ -256,6 +263,12 @@ class Daemon:
                 leftovers.append(f"runc {state.name}")
                 subprocess.run(["runc", "--root", str(runtime_root), "delete", "-f", state.name],
                                capture_output=True, check=False)  # fmt: skip
+        # The parent itself is ours to remove (runc made it); what is left beneath it is a leak.
+        layout = CgroupLayout.detect()
+        for directory in layout.all_dirs(self.cgroup_parent):
+            if directory.is_dir():
+                leftovers += [f"cgroup {d}" for d in directory.iterdir() if d.is_dir()]
+        leftovers += [f"cgroup {d} (busy)" for d in remove_cgroup(layout, self.cgroup_parent)]
         return leftovers
 
     def close(self) -> list[str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 
+from runtime.cgroups import CgroupLayout
 from tests.integration.daemon import Daemon, wait_for
 
 CYCLES = 200
@@ -24,10 +25,10 @@ class Snapshot:
     rss_kib: int
 
 
-def _cgroup_dirs(cids: set[str]) -> int:
+def _cgroup_dirs(daemon: Daemon, cids: set[str]) -> int:
+    """The test's containers' cgroups under the daemon's parent, in every hierarchy."""
     count = 0
-    for root in Path("/sys/fs/cgroup").iterdir():
-        parent = root / "pydock"
+    for parent in CgroupLayout.detect().all_dirs(daemon.cgroup_parent):
         if parent.is_dir():
             count += sum(1 for entry in parent.iterdir() if entry.name in cids)
     return count
@@ -47,7 +48,7 @@ def snapshot(daemon: Daemon, api: httpx.Client, cids: set[str]) -> Snapshot:
     info = api.get("/v1.41/info").json()
     return Snapshot(
         mounts=mounts,
-        cgroups=_cgroup_dirs(cids),
+        cgroups=_cgroup_dirs(daemon, cids),
         exec_entries=exec_entries,
         container_dirs=len(list((daemon.data_root / "containers").iterdir())),
         fds=len(os.listdir(f"/proc/{daemon.pid}/fd")),
@@ -68,13 +69,14 @@ def no_deletions_pending(daemon: Daemon) -> bool:
     return not pending
 
 
-def cycle(api: httpx.Client, cids: set[str], *, with_output: bool) -> None:
+def cycle(daemon: Daemon, api: httpx.Client, cids: set[str], *, with_output: bool) -> None:
     cmd = ["sh", "-c", "echo hello; sleep 30"] if with_output else ["sleep", "30"]
     r = api.post("/v1.41/containers/create", json={"Image": "busybox", "Cmd": cmd})
     assert r.status_code == 201, r.text
     cid = r.json()["Id"]
     cids.add(cid)
     assert api.post(f"/v1.41/containers/{cid}/start").status_code == 204
+    assert _cgroup_dirs(daemon, {cid}) >= 1  # the accounting sees a running container's cgroup
     assert api.post(f"/v1.41/containers/{cid}/stop", params={"t": 0}).status_code == 204
     assert api.delete(f"/v1.41/containers/{cid}").status_code == 204
 
@@ -83,13 +85,13 @@ def test_lifecycle_cycles_leak_nothing(daemon: Daemon) -> None:
     cids: set[str] = set()
     with daemon.http(timeout=60) as api:
         for _ in range(3):  # warm-up: first-use caches, lazily created dirs
-            cycle(api, cids, with_output=True)
+            cycle(daemon, api, cids, with_output=True)
         # Removed containers' files are deleted in the background (also those of earlier tests):
         # compare settled states.
         wait_for(lambda: no_deletions_pending(daemon), 60, "background deletions to finish")
         before = snapshot(daemon, api, cids)
         for i in range(CYCLES):
-            cycle(api, cids, with_output=i % 2 == 0)
+            cycle(daemon, api, cids, with_output=i % 2 == 0)
         wait_for(lambda: no_deletions_pending(daemon), 60, "background deletions to finish")
         after = snapshot(daemon, api, cids)
     print(f"\nleak accounting after {CYCLES} cycles: before={before} after={after}")

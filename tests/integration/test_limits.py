@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from runtime.cgroups import CgroupLayout, container_cgroup_path
+from runtime.cgroups import CgroupLayout, container_cgroup_path, remove_cgroup
 from tests.integration.daemon import Daemon, wait_for
 
 MiB = 1024 * 1024
@@ -37,7 +37,7 @@ def cgroup_file(daemon: Daemon, name: str, controller: str, filename: str) -> st
     """A file of the container's cgroup, read on the host (v1 controller dirs or the v2 dir)."""
     layout = CgroupLayout.detect()
     cid = inspect(daemon, name)["Id"]
-    directory = layout.dir(controller, container_cgroup_path(cid))
+    directory = layout.dir(controller, container_cgroup_path(cid, default_parent=daemon.cgroup_parent))
     assert directory is not None
     return (directory / filename).read_text().strip()
 
@@ -110,6 +110,27 @@ def test_device_mapping(daemon: Daemon, names: list[str]) -> None:
     r = daemon.docker("run", "--rm", "--device", "/dev/nonexistent-dev", "busybox", "true", check=False)
     assert r.returncode != 0
     assert b'error gathering device information while adding custom device "/dev/nonexistent-dev"' in r.stderr
+
+
+def host_cgroups(pid: int) -> set[str]:
+    """The cgroup paths of a host process, one per hierarchy (`/proc/PID/cgroup`)."""
+    return {line.split(":", 2)[2] for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()}
+
+
+def test_cgroup_parent_of_the_daemon_and_of_a_container(daemon: Daemon, names: list[str]) -> None:
+    default = inspect(daemon, run(daemon, names, "busybox", "sleep", "1000"))
+    assert default["HostConfig"]["CgroupParent"] == ""  # the daemon's --cgroup-parent, not shown
+    assert host_cgroups(default["State"]["Pid"]) >= {f"{daemon.cgroup_parent}/{default['Id']}"}
+    own_parent = f"{daemon.cgroup_parent}-own"
+    own = inspect(daemon, run(daemon, names, "--cgroup-parent", own_parent, "busybox", "sleep", "1000"))
+    assert own["HostConfig"]["CgroupParent"] == own_parent
+    assert host_cgroups(own["State"]["Pid"]) >= {f"{own_parent}/{own['Id']}"}
+    daemon.docker("rm", "-f", names.pop())
+    layout = CgroupLayout.detect()
+    assert not any(d.exists() for d in layout.all_dirs(f"{own_parent}/{own['Id']}"))
+    assert remove_cgroup(layout, own_parent) == []
+    r = daemon.docker("create", "--cgroup-parent", "/x/../y", "busybox", check=False)
+    assert r.returncode != 0 and b"invalid cgroup parent: /x/../y" in r.stderr
 
 
 def test_update_live_and_persisted(daemon: Daemon, names: list[str]) -> None:

@@ -92,3 +92,14 @@ def test_config_file_conflicts_and_unknown_keys(tmp_path: Path) -> None:
 def test_unknown_default_runtime() -> None:
     with pytest.raises(ConfigError, match="not a known runtime"):
         parse_args(["--default-runtime", "nope"])
+
+
+def test_cgroup_parent(tmp_path: Path) -> None:
+    assert parse_args([])[0].cgroup_parent == "/pydock"
+    assert parse_args(["--cgroup-parent", "/pdt-1/sub"])[0].cgroup_parent == "/pdt-1/sub"
+    path = tmp_path / "daemon.json"
+    path.write_text(json.dumps({"cgroup-parent": "mine"}))
+    assert parse_args(["--config-file", str(path)])[0].cgroup_parent == "mine"
+    for bad in ("/a/../b", "/a b"):
+        with pytest.raises(ConfigError, match="invalid cgroup parent"):
+            parse_args(["--cgroup-parent", bad])
