@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from runtime.cgroups import DEFAULT_CGROUP_PARENT, container_cgroup_path
+from runtime.cgroups import DEFAULT_CGROUP_PARENT, cgroup_parent_parts
 from runtime.config import (
     DEFAULT_BIP,
     DEFAULT_BRIDGE,
@@ -433,7 +433,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[DaemonConfig, str]:
     if "cgroup_parent" in merged:
         parent = str(merged["cgroup_parent"])
         try:
-            container_cgroup_path("x", parent)
+            cgroup_parent_parts(parent)
         except InvalidParameter as exc:
             raise ConfigError(str(exc)) from exc
         changes["cgroup_parent"] = parent

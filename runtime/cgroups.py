@@ -47,11 +47,17 @@ def container_cgroup_path(cid: str, parent: str = "", *, default_parent: str = D
 
     Raises InvalidParameter for a parent with `..` or odd characters.
     """
-    base = parent or default_parent
-    parts = [p for p in base.split("/") if p]
-    if any(p in (".", "..") or not _NAME.match(p) for p in parts) or not _NAME.match(cid):
-        raise InvalidParameter(f"invalid cgroup parent: {base}")
-    return "/" + "/".join([*parts, cid])
+    if not _NAME.match(cid):
+        raise InvalidParameter(f"invalid container ID for a cgroup: {cid}")
+    return "/" + "/".join([*cgroup_parent_parts(parent or default_parent), cid])
+
+
+def cgroup_parent_parts(parent: str) -> list[str]:
+    """The path components of a cgroup parent; InvalidParameter for `..` or odd characters."""
+    parts = [p for p in parent.split("/") if p]
+    if any(p in (".", "..") or not _NAME.match(p) for p in parts):
+        raise InvalidParameter(f"invalid cgroup parent: {parent}")
+    return parts
 
 
 @dataclass(frozen=True, slots=True)
