@@ -350,8 +350,19 @@ class ExecService:
         sup.event("exec_die", execID=record.eid, exitCode=str(code))
         self._trim()
 
+    def client_gone(self, record: ExecRecord) -> None:
+        """The client went away mid-stream. With a TTY that is how the docker CLI detaches (it
+        reads ctrl-p ctrl-q itself and closes the connection), so the process runs on with its
+        output dropped, as under dockerd. Without one there are no detach keys and nobody left
+        to read or end it: `terminate`."""
+        if record.tty:
+            if record.process is not None:
+                record.process.detach_sink()
+        else:
+            self.terminate(record)
+
     def terminate(self, record: ExecRecord) -> None:
-        """The client went away mid-stream: SIGTERM, SIGKILL after TERM_GRACE_S."""
+        """SIGTERM, SIGKILL after TERM_GRACE_S."""
         proc = record.process
         if proc is None or not proc.running:
             return

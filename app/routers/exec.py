@@ -10,8 +10,10 @@ Start (moby `postContainerExecStart`, PROTOCOL.md §2 exec and §3):
   exit code (126/127) from `GET /exec/{id}/json`;
 - stdin EOF closes the process's stdin (non-TTY) or ends the session (TTY); the detach keys on a
   TTY end the session and leave the process running (`exec_detach`); a client that goes away
-  mid-stream gets its process terminated (SIGTERM, SIGKILL 10 s later) so nothing is left
-  behind; the session ends once the process exited and its output was sent.
+  mid-stream leaves a TTY process running (the CLI detaches so: it reads ctrl-p ctrl-q itself
+  and closes the connection), and gets a process without a TTY terminated (SIGTERM, SIGKILL
+  10 s later) so nothing is left behind; the session ends once the process exited and its
+  output was sent.
 """
 
 from __future__ import annotations
@@ -154,7 +156,7 @@ async def _session(
                     execs.detached(record)
                     break
                 if _hung_up(channel):
-                    execs.terminate(record)  # not a half-close: the client is gone
+                    execs.client_gone(record)  # not a half-close: the client is gone
                     break
                 if not record.tty:
                     proc.close_stdin()  # `exec -i`: EOF reaches the process; its output goes on
@@ -162,7 +164,7 @@ async def _session(
                 proc.detach_sink()
                 break  # TTY: stdin EOF ends this session, the process runs on
             if closed in done:
-                execs.terminate(record)
+                execs.client_gone(record)
                 break
         await channel.drain()
     finally:
@@ -205,6 +207,6 @@ def _start_without_upgrade(execs: ExecService, record: ExecRecord, *, framed: bo
             finished = True
         finally:
             if not finished:
-                execs.terminate(record)
+                execs.client_gone(record)
 
     return ClosingStreamingResponse(body(), media_type=RAW_STREAM)

@@ -239,13 +239,10 @@ def test_exec_streams_end_when_the_container_stops(daemon: Daemon, ctr: str) -> 
 # --- cleanup ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("tty", [False, True])
-def test_client_gone_mid_stream_terminates_and_reaps(daemon: Daemon, ctr: str, tty: bool) -> None:
-    assert daemon.proc is not None
-    baseline_fds = fd_count(daemon.pid)
-    console_dir = daemon.exec_root / "console"
-    body = {"Cmd": ["sh", "-c", "echo ready; exec sleep 1000"], "AttachStdout": True,
-            "AttachStderr": True, "AttachStdin": True, "Tty": tty}  # fmt: skip
+def exec_until_ready(daemon: Daemon, ctr: str, cmd: list[str], *, tty: bool) -> tuple[str, int]:
+    """Start an exec over a raw hijacked socket, read until it printed `ready`, then drop the
+    client (no half-close: both directions at once, as a CLI that exits). Returns (id, pid)."""
+    body = {"Cmd": cmd, "AttachStdout": True, "AttachStderr": True, "AttachStdin": True, "Tty": tty}
     eid = daemon.json("POST", f"/v1.41/containers/{ctr}/exec", json=body)["Id"]
     s, _ = raw_exec_start(daemon, eid, {"Detach": False, "Tty": tty})
     with s:
@@ -254,15 +251,58 @@ def test_client_gone_mid_stream_terminates_and_reaps(daemon: Daemon, ctr: str, t
             data += s.recv(4096)
         pid = exec_inspect(daemon, eid)["Pid"]
         assert pid > 0 and Path(f"/proc/{pid}").exists()
-    # the client vanished: SIGTERM reaches `sleep`
-    wait_for(lambda: exec_inspect(daemon, eid)["Running"] is False, 15, "the exec to be terminated")
-    body = exec_inspect(daemon, eid)
-    assert body["ExitCode"] == 143  # 128 + SIGTERM
+    return eid, pid
+
+
+def assert_reaped_and_released(daemon: Daemon, pid: int, baseline_fds: int) -> None:
     wait_for(lambda: not Path(f"/proc/{pid}").exists(), 10, "the exec process to be reaped")
     assert not [c for c in children_of(daemon.pid) if c[1] == "Z"], "zombies left"
+    console_dir = daemon.exec_root / "console"
     if console_dir.is_dir():
         assert not [p for p in console_dir.iterdir() if p.name.startswith("x")], "console sockets left"
     wait_for(lambda: fd_count(daemon.pid) <= baseline_fds + 2, 10, "fds released")
+
+
+def test_client_gone_mid_stream_terminates_and_reaps(daemon: Daemon, ctr: str) -> None:
+    """Without a TTY there are no detach keys: a vanished client's process is ended."""
+    baseline_fds = fd_count(daemon.pid)
+    eid, pid = exec_until_ready(daemon, ctr, ["sh", "-c", "echo ready; exec sleep 1000"], tty=False)
+    wait_for(lambda: exec_inspect(daemon, eid)["Running"] is False, 15, "the exec to be terminated")
+    assert exec_inspect(daemon, eid)["ExitCode"] == 143  # 128 + SIGTERM
+    assert_reaped_and_released(daemon, pid, baseline_fds)
+
+
+def test_tty_client_gone_leaves_the_process_running_then_reaps_it(daemon: Daemon, ctr: str) -> None:
+    """With a TTY a vanished client is how the CLI detaches: the process runs on (its output,
+    more than a pty buffer holds, is drained and dropped) and is reaped when it ends."""
+    baseline_fds = fd_count(daemon.pid)
+    script = "echo ready; sleep 1; head -c 300000 /dev/zero | tr '\\0' x; echo; sleep 1; exit 7"
+    eid, pid = exec_until_ready(daemon, ctr, ["sh", "-c", script], tty=True)
+    time.sleep(0.5)
+    assert exec_inspect(daemon, eid)["Running"] is True
+    wait_for(lambda: exec_inspect(daemon, eid)["Running"] is False, 15, "the exec to end by itself")
+    assert exec_inspect(daemon, eid)["ExitCode"] == 7
+    assert_reaped_and_released(daemon, pid, baseline_fds)
+
+
+def test_cli_detach_keys_leave_the_exec_running(daemon: Daemon, ctr: str) -> None:
+    """`docker exec -it`, then ctrl-p ctrl-q: the CLI detaches, the shell lives on."""
+    cli = PtyCli(daemon, "exec", "-it", ctr, "sh")
+    try:
+        cli.read_until(b"#")
+        cli.send(b"echo $$ > /tmp/detach-pid; echo mark-$((40+2))\r")
+        assert b"mark-42" in cli.read_until(b"mark-42")
+        cli.send(b"\x10\x11")
+        # the CLI's own ending for a detached exec (it returns the escape "error"), as with dockerd
+        assert cli.wait() == 1
+        assert b"read escape sequence" in cli.read_until(b"read escape sequence", timeout_s=5)
+    finally:
+        cli.close()
+    inner = daemon.docker("exec", ctr, "cat", "/tmp/detach-pid").stdout.decode().strip()
+    time.sleep(0.5)
+    alive = daemon.docker("exec", ctr, "sh", "-c", f"kill -0 {inner} && echo alive", check=False)
+    assert alive.stdout == b"alive\n"
+    daemon.docker("exec", ctr, "kill", "-KILL", inner)
 
 
 def test_many_execs_leak_nothing(daemon: Daemon, ctr: str) -> None:
