@@ -72,6 +72,40 @@ def test_run_it_with_a_pty(daemon: Daemon) -> None:
         cli.close()
 
 
+def test_run_it_detach_keys_then_attach_again(daemon: Daemon, name: str) -> None:
+    """ctrl-p ctrl-q leaves `run -it` and `attach` with the container running; `attach` joins
+    the same shell."""
+    cli = PtyCli(daemon, "run", "-it", "--name", name, "busybox", "sh")
+    try:
+        assert b"/ #" in cli.read_until(b"/ #")
+        cli.send(b"export MARK=kept\r")
+        cli.send(b"\x10\x11")
+        assert cli.wait() == 0
+    finally:
+        cli.close()
+    assert inspect(daemon, name)["State"]["Running"] is True
+    cli = PtyCli(daemon, "attach", name)
+    try:
+        time.sleep(0.3)
+        cli.send(b"echo mark-$MARK-$((40+2))\r")
+        assert b"mark-kept-42" in cli.read_until(b"mark-kept-42")
+        cli.send(b"\x10\x11")
+        # `attach` ends with the CLI's own escape "error" (`run -it` above hides it), as with dockerd
+        assert cli.wait() == 1
+        assert b"read escape sequence" in cli.read_until(b"read escape sequence", timeout_s=5)
+    finally:
+        cli.close()
+    assert inspect(daemon, name)["State"]["Running"] is True
+    cli = PtyCli(daemon, "attach", name)
+    try:
+        time.sleep(0.3)
+        cli.send(b"exit 3\r")
+        assert cli.wait() == 3
+    finally:
+        cli.close()
+    assert inspect(daemon, name)["State"]["ExitCode"] == 3
+
+
 def test_detached_lifecycle(daemon: Daemon, name: str) -> None:
     script = "trap 'exit 7' TERM; while true; do echo tick; sleep 0.1; done"
     cid = daemon.docker("run", "-d", "--name", name, "busybox", "sh", "-c", script).stdout.strip().decode()
