@@ -299,8 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
         const=True,
         type=go_bool,
         metavar="",
-        help="Allow tcp:// listeners without mutual TLS (dangerous: anyone who can "
-        "connect is root on this host)",
+        help="Allow tcp:// listeners on loopback addresses without mutual TLS (dangerous: any "
+        "local user who can connect is root on this host)",
     )
 
     d = p.add_argument_group("Logging")

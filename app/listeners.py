@@ -132,18 +132,20 @@ def _tcp_listener(spec: str, config: DaemonConfig) -> tuple[socket.socket, ssl.S
     if port is None:
         port = 2376 if config.tls is not None else 2375
     if not mutual:
+        if not _is_loopback(host):
+            raise ListenerError(
+                f"refusing to listen on {spec} without mutual TLS: anyone who can connect would be "
+                "root on this host. Use --tlsverify --tlscacert --tlscert --tlskey (--insecure-tcp "
+                "is only for loopback addresses)"
+            )
         if not config.allow_insecure_tcp:
             raise ListenerError(
                 f"refusing to listen on {spec} without mutual TLS: anyone who can connect would be "
                 "root on this host. Use --tlsverify --tlscacert --tlscert --tlskey, or pass "
-                "--insecure-tcp to force it"
+                "--insecure-tcp to force it on this loopback address"
             )
-        level = logging.WARNING if _is_loopback(host) else logging.CRITICAL
-        log.log(
-            level,
-            "binding to %s without mutual TLS: anyone who can reach it has root on this host%s",
-            spec,
-            "" if _is_loopback(host) else " -- THIS ADDRESS IS NOT LOOPBACK",
+        log.warning(
+            "binding to %s without mutual TLS: any local user who can connect has root on this host", spec
         )
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

@@ -75,6 +75,19 @@ def test_plain_tcp_refused_without_force(tmp_root: Path) -> None:
     assert "without mutual TLS" in result.stderr
 
 
+@pytest.mark.parametrize("address", ["0.0.0.0", "[::]", "192.0.2.1"])
+def test_plain_tcp_refused_off_loopback_even_when_forced(tmp_root: Path, address: str) -> None:
+    """--insecure-tcp is for loopback only; a TLS server without client certificates is no better."""
+    for extra in (["--insecure-tcp"], ["--insecure-tcp", "--tls"]):
+        result = subprocess.run(
+            [str(PYDOCKD), "-H", f"tcp://{address}:0", "--data-root", str(tmp_root / "d"),
+             "--exec-root", str(tmp_root / "e"), *extra],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert result.returncode == 1, result.stderr
+        assert "without mutual TLS" in result.stderr and "only for loopback" in result.stderr
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
