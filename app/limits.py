@@ -12,7 +12,8 @@ hostile, and one connection must not be able to pin memory or a file descriptor 
   our own flow control (the app is busy) never counts against the client. Once a request is being
   answered nothing here interrupts it: event, log, stats and wait streams and hijacked attach or
   exec sessions live as long as they need; idle keep-alive connections are uvicorn's
-  `timeout_keep_alive`.
+  `timeout_keep_alive`. A request answered before its body was read (refused, too large, failed)
+  ends its connection with a linger, as Go's server does, so the client reads the answer.
 - `BodyLimitMiddleware` (ASGI) refuses a non-upload body over `MAX_JSON_BODY` with 413, from its
   `Content-Length` before reading or while a chunked body streams in.
 
@@ -41,6 +42,7 @@ MAX_JSON_BODY = 4 * 1024 * 1024  # container create with a big Env still fits ma
 HEADER_TIMEOUT_S = 60.0
 BODY_TIMEOUT_S = 60.0
 UPLOAD_IDLE_TIMEOUT_S = 300.0
+LINGER_S = 2.0  # after answering a request whose body is still coming: see `_linger`
 
 _VERSION_PREFIX = re.compile(r"^/v\d+\.\d+(?=/)")
 # Request bodies that are data, not parameters: their size is bounded by the disk checks of the
@@ -82,6 +84,7 @@ class LimitedProtocol(HijackProtocol):
     header_timeout_s = HEADER_TIMEOUT_S
     body_timeout_s = BODY_TIMEOUT_S
     upload_idle_timeout_s = UPLOAD_IDLE_TIMEOUT_S
+    linger_s = LINGER_S
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -93,6 +96,7 @@ class LimitedProtocol(HijackProtocol):
         self._body_timer: asyncio.TimerHandle | None = None
         self._body_deadline = 0.0
         self._body_is_upload = False
+        self._lingering = False
 
     # --- connection ---------------------------------------------------------------------------
 
@@ -105,8 +109,8 @@ class LimitedProtocol(HijackProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._rejected:
-            return
+        if self._rejected or self._lingering:
+            return  # the rest of an answered request's body: dropped
         if self._body_timer is not None and self._body_is_upload:
             self._body_deadline = self.loop.time() + self.upload_idle_timeout_s
         super().data_received(data)
@@ -123,8 +127,27 @@ class LimitedProtocol(HijackProtocol):
         log.warning("request refused: %s", message, extra={"status": status})
         if not self.transport.is_closing():
             self.transport.write(_error_bytes(status, reason, message))
-            self.transport.close()
+            self._linger()
         raise _Rejected(message)
+
+    def _linger(self) -> None:
+        """End a connection whose request was answered while its body still comes in (refused,
+        too large, a failed `cp` into a read-only rootfs), as Go's server does: close our side
+        after the answer, read and drop what the client still sends, and close fully once it
+        closes too or after `linger_s`. A plain close would make the client's next write fail
+        (EPIPE) before it reads the answer: the docker CLI then reports "broken pipe" instead of
+        the message."""
+        self._lingering = True
+        self._cancel_timers()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.transport.resume_reading()
+        self.loop.call_later(self.linger_s, self.transport.close)
+
+    def eof_received(self) -> bool | None:  # type: ignore[override]
+        if self._lingering or self._rejected:
+            return None  # the client is done too: close now
+        return super().eof_received()
 
     # --- parser callbacks ---------------------------------------------------------------------
 
@@ -181,9 +204,8 @@ class LimitedProtocol(HijackProtocol):
         if self.transport.is_closing() or self._raw:
             return
         if unread_body:
-            # answered before its body was read (refused, too large): the rest of the body
-            # would only be parsed to be thrown away, so end the connection as Go's server does
-            self.transport.close()
+            # answered before its body was read: the rest would only be parsed to be thrown away
+            self._linger()
             return
         if self.cycle is None or self.cycle.response_complete:
             self._arm_header_timer()  # idle until the next request, then its headers: bounded

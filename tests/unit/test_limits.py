@@ -33,6 +33,7 @@ class SmallLimits(LimitedProtocol):
     header_timeout_s = 0.5
     body_timeout_s = 0.5
     upload_idle_timeout_s = 0.5
+    linger_s = 0.5
 
 
 def make_app() -> BodyLimitMiddleware:
@@ -69,6 +70,11 @@ def make_app() -> BodyLimitMiddleware:
         channel.write(b"echo:" + data)
         channel.close()
         return HijackedResponse()
+
+    @app.put("/containers/ro/archive")
+    async def refuse_upload() -> Response:
+        # answered before the body is read, as a `cp` into a read-only rootfs
+        return Response(b'{"message":"container rootfs is marked read-only"}', status_code=500)
 
     @app.get("/plain")
     async def plain() -> Response:
@@ -179,6 +185,43 @@ async def test_streamed_upload_may_exceed_the_json_cap(server: str) -> None:
     raw = await exchange(server, head + b"Content-Length: %d\r\n\r\n" % len(payload) + payload)
     assert raw.startswith(b"HTTP/1.1 200 ")
     assert raw.endswith(f"loaded {len(payload)}".encode())
+
+
+@pytest.mark.parametrize("client_closes", [True, False])
+async def test_answered_before_the_body_the_client_may_finish_writing(
+    server: str, client_closes: bool
+) -> None:
+    """The answer comes while the client still uploads: its writes go on succeeding (the rest is
+    dropped), it reads the whole answer, then the connection ends (at its EOF, or after the linger)."""
+    reader, writer = await asyncio.open_unix_connection(server)
+    loop = asyncio.get_running_loop()
+    try:
+        writer.write(b"PUT /containers/ro/archive HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 500 ")
+        chunk = b"%x\r\n%s\r\n" % (65536, b"\0" * 65536)
+        for _ in range(64):  # 4 MiB after the answer: more than any socket buffer holds
+            writer.write(chunk)
+            await writer.drain()
+        if client_closes:
+            writer.write(b"0\r\n\r\n")
+            writer.write_eof()
+        rest = await asyncio.wait_for(reader.read(), 5)  # the answer, then the server's EOF
+        assert json.loads(rest) == {"message": "container rootfs is marked read-only"}
+        if not client_closes:
+            # the client goes on writing: accepted (and dropped) until the linger ends
+            started = loop.time()
+            with pytest.raises(ConnectionError):
+                while loop.time() - started < 5:
+                    writer.write(chunk)
+                    await writer.drain()
+                    await asyncio.sleep(0.02)
+            assert 0.3 < loop.time() - started < 3
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
 
 
 async def test_upgrade_body_over_the_cap_is_413(server: str) -> None:
