@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.archives import ArchivePair, built_pair, fixture_pair
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
@@ -28,3 +30,21 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("fuzzing and hostile inputs")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def built_archives(tmp_path_factory: pytest.TempPathFactory) -> ArchivePair:
+    """busybox archives made here (docker-save and OCI): what the suite needs, nothing beside it."""
+    return built_pair(tmp_path_factory.mktemp("archives"))
+
+
+@pytest.fixture(scope="session", params=["built", "fixtures"])
+def archives(request: pytest.FixtureRequest, built_archives: ArchivePair) -> ArchivePair:
+    """Each archive test twice: on the archives built here, and on ../shared/fixtures (real
+    archives made by Docker and skopeo) when they are there."""
+    if request.param == "built":
+        return built_archives
+    pair = fixture_pair()
+    if pair is None:
+        pytest.skip("../shared/fixtures is not there (the extra compatibility check with real archives)")
+    return pair

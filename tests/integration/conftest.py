@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.archives import ArchivePair
 from tests.integration.daemon import Daemon, running_daemon
 from tests.integration.registry import Registry, running_registry
-
-FIXTURES = Path(os.environ.get("PYDOCK_FIXTURES", "/work/shared/fixtures"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -65,20 +64,20 @@ def tmp_root() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def registry() -> Iterator[Registry]:
-    """A real `docker-registry` on 127.0.0.1 (no auth), with the fixtures pushed by skopeo:
-    `busybox:latest` (docker-save) and `oci/busybox:latest` (OCI layout)."""
+def registry(built_archives: ArchivePair) -> Iterator[Registry]:
+    """A real `docker-registry` on 127.0.0.1 (no auth), with busybox pushed by skopeo:
+    `busybox:latest` (from the docker-save archive) and `oci/busybox:latest` (OCI manifest)."""
     with running_registry() as reg:
-        reg.copy_archive(FIXTURES / "busybox-docker-save.tar", "busybox:latest")
-        reg.copy_archive(FIXTURES / "busybox-oci.tar", "oci/busybox:latest", fmt="oci-archive")
+        reg.copy_archive(built_archives.docker_save.path, "busybox:latest")
+        reg.copy_archive(built_archives.oci.path, "oci/busybox:latest", fmt="oci-archive")
         yield reg
 
 
 @pytest.fixture(scope="session")
-def auth_registry() -> Iterator[Registry]:
+def auth_registry(built_archives: ArchivePair) -> Iterator[Registry]:
     """A real `docker-registry` with htpasswd basic auth (user `pydock`, password `s3cret`)."""
     with running_registry(auth=("pydock", "s3cret")) as reg:
-        reg.copy_archive(FIXTURES / "busybox-docker-save.tar", "private/busybox:latest")
+        reg.copy_archive(built_archives.docker_save.path, "private/busybox:latest")
         yield reg
 
 

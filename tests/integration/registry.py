@@ -1,7 +1,7 @@
 """A real registry for tests: Debian's `docker-registry` on 127.0.0.1 with a temp storage dir.
 
     with running_registry(auth=("user", "pw")) as reg:
-        reg.copy_archive(FIXTURES / "busybox-docker-save.tar", "busybox:latest")
+        reg.copy_archive(archive_path, "busybox:latest")
         reg.host  # "127.0.0.1:PORT"
 
 Images are filled with `skopeo copy` (the registry speaks plain HTTP; loopback is insecure by

@@ -15,15 +15,9 @@ import docker
 import httpx
 import pytest
 
-from tests.integration.conftest import FIXTURES
+from tests.archives import ArchivePair
 from tests.integration.daemon import Daemon, wait_for
 from tests.integration.registry import Registry, build_docker_archive, layer_tar, registry_auth_header
-
-DOCKER_SAVE = FIXTURES / "busybox-docker-save.tar"
-OCI = FIXTURES / "busybox-oci.tar"
-FIXTURE_ID = "sha256:86bd41204673c106ec38db8db65264226893b36f3d2d228eb36c024f8eea4eeb"
-OCI_ID = "sha256:a55e9595cc40693c3574c3c507a5f4a708901f4a4625e1d639565cdd006e7662"
-FIXTURE_DIFF = "sha256:26dbff2b212f5c1d9d583c6641d618261f3a15f531c44dd15730a48d3a6fdb0c"
 
 
 def out(result: subprocess.CompletedProcess[bytes]) -> str:
@@ -42,26 +36,28 @@ def store_leftovers(d: Daemon) -> list[str]:
 # --- load / save / import -------------------------------------------------------------------------
 
 
-def test_load_fixtures_with_cli(fresh_daemon: Daemon) -> None:
+def test_load_archives_with_cli(fresh_daemon: Daemon, archives: ArchivePair) -> None:
     d = fresh_daemon
-    assert "Loaded image: busybox:latest" in out(d.docker("load", "-i", str(DOCKER_SAVE)))
-    assert image_ids(d) == {FIXTURE_ID}
-    r = d.docker("load", "-q", "-i", str(OCI))
+    image_id, oci_id = archives.docker_save.image_id, archives.oci.image_id
+    assert "Loaded image: busybox:latest" in out(d.docker("load", "-i", str(archives.docker_save.path)))
+    assert image_ids(d) == {image_id}
+    r = d.docker("load", "-q", "-i", str(archives.oci.path))
     assert "busybox:latest" in out(r)
-    assert image_ids(d) == {FIXTURE_ID, OCI_ID}
+    assert image_ids(d) == {image_id, oci_id}
     assert out(d.docker("images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}", "busybox")).split() == [
         "busybox:latest",
-        OCI_ID[7:19],
+        oci_id[7:19],
     ]
     # stdin works too, and a broken archive is a clean error that registers nothing.
     assert d.docker("load", input=b"not a tar" * 100, check=False).returncode != 0
-    assert image_ids(d) == {FIXTURE_ID, OCI_ID}
+    assert image_ids(d) == {image_id, oci_id}
     assert store_leftovers(d) == []
 
 
-def test_save_then_load_round_trip(fresh_daemon: Daemon, tmp_root: Path) -> None:
+def test_save_then_load_round_trip(fresh_daemon: Daemon, tmp_root: Path, archives: ArchivePair) -> None:
     d = fresh_daemon
-    d.docker("load", "-i", str(DOCKER_SAVE))
+    image_id = archives.docker_save.image_id
+    d.docker("load", "-i", str(archives.docker_save.path))
     d.docker("tag", "busybox", "proto-img:v1")
     saved = tmp_root / "saved.tar"
     d.docker("save", "-o", str(saved), "busybox", "proto-img:v1")
@@ -70,16 +66,16 @@ def test_save_then_load_round_trip(fresh_daemon: Daemon, tmp_root: Path) -> None
             ["skopeo", "inspect", f"docker-archive:{saved}:proto-img:v1"], capture_output=True, check=True
         ).stdout
     )
-    assert inspected["Layers"] == [FIXTURE_DIFF]
+    assert inspected["Layers"] == list(archives.docker_save.diff_ids)
     d.docker("rmi", "busybox", "proto-img:v1")
     assert image_ids(d) == set()
     loaded = out(d.docker("load", "-i", str(saved)))
     assert "Loaded image: busybox:latest" in loaded and "Loaded image: proto-img:v1" in loaded
-    assert out(d.docker("image", "inspect", "-f", "{{.Id}}", "proto-img:v1")).strip() == FIXTURE_ID
+    assert out(d.docker("image", "inspect", "-f", "{{.Id}}", "proto-img:v1")).strip() == image_id
     # `docker save` to stdout, of an ID: loads as an untagged image.
-    raw = d.docker("save", FIXTURE_ID[7:19]).stdout
+    raw = d.docker("save", image_id[7:19]).stdout
     d.docker("rmi", "busybox", "proto-img:v1")
-    assert "Loaded image ID: " + FIXTURE_ID in out(d.docker("load", input=raw))
+    assert "Loaded image ID: " + image_id in out(d.docker("load", input=raw))
 
 
 def test_import_with_changes_and_message(fresh_daemon: Daemon, tmp_root: Path) -> None:
@@ -115,9 +111,10 @@ def test_import_with_changes_and_message(fresh_daemon: Daemon, tmp_root: Path) -
 # --- tag, rmi, images, inspect, history, prune ---------------------------------------------------
 
 
-def test_tag_rmi_images_inspect_history(fresh_daemon: Daemon) -> None:
+def test_tag_rmi_images_inspect_history(fresh_daemon: Daemon, archives: ArchivePair) -> None:
     d = fresh_daemon
-    d.docker("load", "-i", str(DOCKER_SAVE))
+    image_id, (diff_id,) = archives.docker_save.image_id, archives.docker_save.diff_ids
+    d.docker("load", "-i", str(archives.docker_save.path))
     d.docker("tag", "busybox", "proto-img:v1")
     d.docker("tag", "busybox", "localhost:5000/ns/proto-x:1.0")
     rows = out(d.docker("images", "--format", "{{.Repository}}:{{.Tag}}")).split()
@@ -128,55 +125,59 @@ def test_tag_rmi_images_inspect_history(fresh_daemon: Daemon) -> None:
     assert out(d.docker("images", "-q", "--filter", "dangling=true")).split() == []
     assert "<none>" in out(d.docker("images", "--digests"))
     info = json.loads(out(d.docker("image", "inspect", "proto-img:v1")))[0]
-    assert info["Id"] == FIXTURE_ID and info["RootFS"] == {"Type": "layers", "Layers": [FIXTURE_DIFF]}
+    assert info["Id"] == image_id and info["RootFS"] == {"Type": "layers", "Layers": [diff_id]}
     assert info["Architecture"] == "amd64" and info["Os"] == "linux" and info["Size"] > 1_000_000
     assert sorted(info["RepoTags"]) == ["busybox:latest", "localhost:5000/ns/proto-x:1.0", "proto-img:v1"]
     hist = out(d.docker("history", "--no-trunc", "--format", "{{.ID}} {{.Comment}}", "busybox")).strip()
-    assert hist == f"{FIXTURE_ID} Imported from -"
+    assert hist == archives.docker_save.history_output()
     assert out(d.docker("rmi", "proto-img:v1")).strip() == "Untagged: proto-img:v1"
     missing = d.docker("rmi", "proto-img:nope", check=False)
     assert missing.returncode == 1 and "No such image: proto-img:nope" in missing.stderr.decode()
     inspect_missing = d.docker("image", "inspect", "nope", check=False)
     assert inspect_missing.returncode == 1 and "No such image: nope" in inspect_missing.stderr.decode()
     # An ID with two repositories needs -f; then every name goes with it.
-    conflict = d.docker("rmi", FIXTURE_ID[7:19], check=False)
+    conflict = d.docker("rmi", image_id[7:19], check=False)
     assert conflict.returncode == 1 and "must be forced" in conflict.stderr.decode()
-    removed = out(d.docker("rmi", "-f", FIXTURE_ID[7:19]))
-    assert "Untagged: busybox:latest" in removed and f"Deleted: {FIXTURE_ID}" in removed
-    assert f"Deleted: {FIXTURE_DIFF}" in removed
+    removed = out(d.docker("rmi", "-f", image_id[7:19]))
+    assert "Untagged: busybox:latest" in removed and f"Deleted: {image_id}" in removed
+    assert f"Deleted: {diff_id}" in removed
     assert image_ids(d) == set()
     assert list((d.data_root / "images" / "layers").iterdir()) == []
 
 
-def test_prune_dangling_and_all(fresh_daemon: Daemon) -> None:
+def test_prune_dangling_and_all(fresh_daemon: Daemon, archives: ArchivePair) -> None:
     d = fresh_daemon
-    d.docker("load", "-i", str(DOCKER_SAVE))
-    d.docker("load", "-i", str(OCI))  # takes busybox:latest: the docker-save image is now dangling
-    assert out(d.docker("images", "-q", "--no-trunc", "--filter", "dangling=true")).split() == [FIXTURE_ID]
+    image_id, oci_id = archives.docker_save.image_id, archives.oci.image_id
+    d.docker("load", "-i", str(archives.docker_save.path))
+    d.docker(
+        "load", "-i", str(archives.oci.path)
+    )  # takes busybox:latest: the docker-save image is now dangling
+    assert out(d.docker("images", "-q", "--no-trunc", "--filter", "dangling=true")).split() == [image_id]
     pruned = out(d.docker("image", "prune", "-f"))
-    assert f"deleted: {FIXTURE_ID}" in pruned
-    assert image_ids(d) == {OCI_ID}
+    assert f"deleted: {image_id}" in pruned
+    assert image_ids(d) == {oci_id}
     pruned = out(d.docker("image", "prune", "-a", "-f"))
-    assert "untagged: busybox:latest" in pruned and f"deleted: {OCI_ID}" in pruned
+    assert "untagged: busybox:latest" in pruned and f"deleted: {oci_id}" in pruned
     assert image_ids(d) == set()
 
 
-def test_docker_py_image_api(fresh_daemon: Daemon) -> None:
+def test_docker_py_image_api(fresh_daemon: Daemon, archives: ArchivePair) -> None:
+    image_id = archives.docker_save.image_id
     client = fresh_daemon.client()
     try:
-        (image,) = client.images.load(DOCKER_SAVE.read_bytes())
-        assert image.id == FIXTURE_ID and image.tags == ["busybox:latest"]
+        (image,) = client.images.load(archives.docker_save.path.read_bytes())
+        assert image.id == image_id and image.tags == ["busybox:latest"]
         assert image.tag("dpy/proto", "v2")
-        assert client.images.get("dpy/proto:v2").id == FIXTURE_ID
-        assert [i.id for i in client.images.list(name="dpy/proto")] == [FIXTURE_ID]
-        assert image.history()[0]["Id"] == FIXTURE_ID
+        assert client.images.get("dpy/proto:v2").id == image_id
+        assert [i.id for i in client.images.list(name="dpy/proto")] == [image_id]
+        assert image.history()[0]["Id"] == image_id
         saved = b"".join(image.save(named=True))
         client.images.remove("dpy/proto:v2")
         client.images.remove("busybox", force=True)
         with pytest.raises(docker.errors.ImageNotFound):
             client.images.get("busybox")
         (again,) = client.images.load(saved)
-        assert again.id == FIXTURE_ID
+        assert again.id == image_id
         assert client.images.prune(filters={"dangling": False})["ImagesDeleted"]
     finally:
         client.close()
@@ -185,7 +186,9 @@ def test_docker_py_image_api(fresh_daemon: Daemon) -> None:
 # --- registries -----------------------------------------------------------------------------------
 
 
-def test_pull_push_with_cli_and_docker_py(fresh_daemon: Daemon, registry: Registry) -> None:
+def test_pull_push_with_cli_and_docker_py(
+    fresh_daemon: Daemon, registry: Registry, built_archives: ArchivePair
+) -> None:
     d = fresh_daemon
     ref = f"{registry.host}/busybox"
     pulled = out(d.docker("pull", ref))
@@ -194,7 +197,8 @@ def test_pull_push_with_cli_and_docker_py(fresh_daemon: Daemon, registry: Regist
     _, manifest_digest = registry.manifest("busybox", "latest")
     assert f"Digest: {manifest_digest}" in pulled
     info = json.loads(out(d.docker("image", "inspect", ref)))[0]
-    assert info["Id"] == FIXTURE_ID and info["RepoDigests"] == [f"{ref}@{manifest_digest}"]
+    assert info["Id"] == built_archives.docker_save.image_id
+    assert info["RepoDigests"] == [f"{ref}@{manifest_digest}"]
     assert "Image is up to date" in out(d.docker("pull", ref))
     # By digest, and through docker-py (which reads the stream and then inspects).
     d.docker("rmi", f"{ref}:latest")
@@ -202,7 +206,7 @@ def test_pull_push_with_cli_and_docker_py(fresh_daemon: Daemon, registry: Regist
     client = d.client()
     try:
         image = client.images.pull(f"{registry.host}/oci/busybox", tag="latest")
-        assert image.id == OCI_ID
+        assert image.id == built_archives.oci.image_id
     finally:
         client.close()
     # Push to a new repository (the layer is mounted from where it was pulled), and back.

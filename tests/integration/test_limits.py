@@ -112,19 +112,22 @@ def test_device_mapping(daemon: Daemon, names: list[str]) -> None:
     assert b'error gathering device information while adding custom device "/dev/nonexistent-dev"' in r.stderr
 
 
-def host_cgroups(pid: int) -> set[str]:
-    """The cgroup paths of a host process, one per hierarchy (`/proc/PID/cgroup`)."""
-    return {line.split(":", 2)[2] for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()}
+def in_cgroup(pid: int, cgroup: str) -> bool:
+    """Whether a process is in `cgroup` in every hierarchy (`/proc/PID/cgroup`). Paths there are
+    absolute from the root of this cgroup namespace, which is the daemon's root only when the
+    daemon does not itself run in a container: compare the ends."""
+    paths = [line.split(":", 2)[2] for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()]
+    return bool(paths) and all(path.endswith(cgroup) for path in paths if path != "/")
 
 
 def test_cgroup_parent_of_the_daemon_and_of_a_container(daemon: Daemon, names: list[str]) -> None:
     default = inspect(daemon, run(daemon, names, "busybox", "sleep", "1000"))
     assert default["HostConfig"]["CgroupParent"] == ""  # the daemon's --cgroup-parent, not shown
-    assert host_cgroups(default["State"]["Pid"]) >= {f"{daemon.cgroup_parent}/{default['Id']}"}
+    assert in_cgroup(default["State"]["Pid"], f"{daemon.cgroup_parent}/{default['Id']}")
     own_parent = f"{daemon.cgroup_parent}-own"
     own = inspect(daemon, run(daemon, names, "--cgroup-parent", own_parent, "busybox", "sleep", "1000"))
     assert own["HostConfig"]["CgroupParent"] == own_parent
-    assert host_cgroups(own["State"]["Pid"]) >= {f"{own_parent}/{own['Id']}"}
+    assert in_cgroup(own["State"]["Pid"], f"{own_parent}/{own['Id']}")
     daemon.docker("rm", "-f", names.pop())
     layout = CgroupLayout.detect()
     assert not any(d.exists() for d in layout.all_dirs(f"{own_parent}/{own['Id']}"))

@@ -14,19 +14,7 @@ from runtime.config import DaemonConfig
 from runtime.errors import InvalidParameter, NoSuchImage
 from runtime.events import EventBus
 from runtime.images import ImageService
-
-FIXTURES = Path("/work/shared/fixtures")
-for candidate in (
-    Path(__file__).resolve().parents[3] / "shared" / "fixtures",
-    Path(__file__).resolve().parents[2] / "shared" / "fixtures",
-):
-    if candidate.is_dir():
-        FIXTURES = candidate
-DOCKER_SAVE = FIXTURES / "busybox-docker-save.tar"
-OCI = FIXTURES / "busybox-oci.tar"
-DOCKER_ID = "sha256:86bd41204673c106ec38db8db65264226893b36f3d2d228eb36c024f8eea4eeb"
-OCI_ID = "sha256:a55e9595cc40693c3574c3c507a5f4a708901f4a4625e1d639565cdd006e7662"
-DIFF_ID = "sha256:26dbff2b212f5c1d9d583c6641d618261f3a15f531c44dd15730a48d3a6fdb0c"
+from tests.archives import Archive, ArchivePair
 
 
 async def body_of(data: bytes | Path) -> AsyncIterator[bytes]:
@@ -60,20 +48,22 @@ def store_is_empty(svc: ImageService) -> bool:
     return not leftovers and not svc.store.images and not svc.store.refs
 
 
-@pytest.mark.parametrize(("fixture", "image_id"), [(DOCKER_SAVE, DOCKER_ID), (OCI, OCI_ID)])
-async def test_fixtures_load(svc: ImageService, fixture: Path, image_id: str) -> None:
-    messages = await svc.load(body_of(fixture))
+@pytest.mark.parametrize("kind", ["docker_save", "oci"])
+async def test_archives_load(svc: ImageService, archives: ArchivePair, kind: str) -> None:
+    archive: Archive = getattr(archives, kind)
+    messages = await svc.load(body_of(archive.path))
     assert messages == [{"stream": "Loaded image: busybox:latest\n"}]
     image = svc.resolve("busybox")
-    assert image.image_id == image_id
-    assert image.diff_ids == [DIFF_ID]
+    assert image.image_id == archive.image_id
+    assert image.diff_ids == list(archive.diff_ids)
     top = svc.layer_dirs(image)[0]
     assert (top / "bin" / "busybox").is_file()
     assert (top / "bin" / "sh").is_symlink()
 
 
-async def test_save_load_round_trip(tmp_path: Path, svc: ImageService) -> None:
-    await svc.load(body_of(DOCKER_SAVE))
+async def test_save_load_round_trip(tmp_path: Path, svc: ImageService, archives: ArchivePair) -> None:
+    await svc.load(body_of(archives.docker_save.path))
+    (diff_id,), image_id = archives.docker_save.diff_ids, archives.docker_save.image_id
     await svc.tag("busybox", "docker.io/library/other", "v2")
     saved = b"".join([chunk async for chunk in await svc.save(["busybox:latest", "other:v2"])])
     with tarfile.open(fileobj=io.BytesIO(saved)) as tf:
@@ -85,7 +75,7 @@ async def test_save_load_round_trip(tmp_path: Path, svc: ImageService) -> None:
         "index.json",
         "oci-layout",
         "repositories",
-        f"blobs/sha256/{DIFF_ID[7:]}",
+        f"blobs/sha256/{diff_id[7:]}",
     } <= names
     assert manifest[0]["RepoTags"] == ["busybox:latest", "other:v2"]
     assert {m["annotations"]["io.containerd.image.name"] for m in index["manifests"]} == {
@@ -96,7 +86,7 @@ async def test_save_load_round_trip(tmp_path: Path, svc: ImageService) -> None:
     await other.start()
     messages = await other.load(body_of(saved))
     assert messages == [{"stream": "Loaded image: busybox:latest\n"}, {"stream": "Loaded image: other:v2\n"}]
-    assert other.resolve("other:v2").image_id == DOCKER_ID
+    assert other.resolve("other:v2").image_id == image_id
     # The same archive, read as an OCI layout (index.json only), names the same images.
     with tarfile.open(fileobj=io.BytesIO(saved)) as tf:
         oci_only = io.BytesIO()
@@ -107,7 +97,7 @@ async def test_save_load_round_trip(tmp_path: Path, svc: ImageService) -> None:
     third = ImageService(DaemonConfig(data_root=tmp_path / "third"), EventBus())
     await third.start()
     await third.load(body_of(oci_only.getvalue()))
-    assert third.resolve("busybox:latest").image_id == DOCKER_ID
+    assert third.resolve("busybox:latest").image_id == image_id
 
 
 async def test_save_unknown_is_404_before_streaming(svc: ImageService) -> None:

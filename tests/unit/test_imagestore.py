@@ -17,10 +17,6 @@ from runtime.events import EventBus
 from runtime.images import ImageService
 from runtime.imagestore import DigestMismatch, ImageStore, LayerRecord
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
-if not FIXTURES.is_dir():
-    FIXTURES = Path("/work/shared/fixtures")
-DOCKER_SAVE = FIXTURES / "busybox-docker-save.tar"
 BUSYBOX_ID = "sha256:86bd41204673c106ec38db8db65264226893b36f3d2d228eb36c024f8eea4eeb"
 
 
