@@ -183,7 +183,9 @@ class ExecService:
             cid=c.cid,
             entrypoint=cmd[0],
             args=cmd[1:],
-            env=replace_or_append_env(container_env(c.config, tty=ec.Tty), ec.Env or []),
+            env=replace_or_append_env(
+                container_env(c.config, tty=ec.Tty, link_env=c.state.link_env), ec.Env or []
+            ),
             user=ec.User or c.config.User,
             user_given=bool(ec.User),
             working_dir=ec.WorkingDir or c.config.WorkingDir,

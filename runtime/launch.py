@@ -118,6 +118,7 @@ class Launcher:
             made_rootfs = True
             binds = await self.ctx.mounts.setup(container, rootfs, lowers)  # mounts the rootfs too
             plan = await self.ctx.network.prepare(container)
+            container.state.link_env = list(plan.link_env)
             spec_json = await asyncio.to_thread(self._write_bundle, container, rootfs, rdir, plan, binds)
             del spec_json
             fds = stdio.prepare()
@@ -188,6 +189,7 @@ class Launcher:
             devices=tuple(lookup_devices(hc.Devices or [])),
             host_devices=tuple(host_devices()) if hc.Privileged else (),
             block_devices=block_device_numbers(block_device_paths(hc)),
+            link_env=tuple(plan.link_env),
         )
         spec = build_spec(c.config, hc, inputs).to_json()
         store.write_json(rdir / "config.json", spec, durable=False)

@@ -30,6 +30,8 @@ class NetworkPlan:
     use_embedded_dns: bool = False
     hosts_file_from: str | None = None  # container:<id> shares that container's files
     host_gateway: str = ""  # what `--add-host name:host-gateway` resolves to
+    link_hosts: list[tuple[str, str]] = field(default_factory=list)  # `--link`: (ip, names)
+    link_env: list[str] = field(default_factory=list)  # `--link`: the targets' variables
 
     def extra_hosts(self, items: Sequence[str]) -> list[str]:
         """`--add-host` entries with `host-gateway` replaced by the host's gateway address."""
@@ -46,7 +48,7 @@ class NetworkPlan:
     def hosts_entries(self, fqdn: str) -> list[tuple[str, str]]:
         hostname = fqdn.split(".", 1)[0]
         names = fqdn if hostname == fqdn else f"{fqdn} {hostname}"
-        return [(address, names) for address in self.addresses]
+        return [(address, names) for address in self.addresses] + self.link_hosts
 
     def resolv_conf(
         self,

@@ -30,13 +30,16 @@ from netproxy.ports import port_map
 from runtime import ids, netrestore, store
 from runtime.config import DaemonConfig
 from runtime.errors import (
+    Conflict,
     EndpointExists,
     Forbidden,
     InvalidParameter,
+    NoSuchContainer,
     NotConnected,
     PydockError,
 )
 from runtime.events import EventBus
+from runtime.links import Link, hosts_entry, link_env
 from runtime.netattach import NetworkPlan, joined_netns, network_mode
 from runtime.netchecks import (
     HOST_CONFLICT,
@@ -104,6 +107,7 @@ class Sandboxes:
         """Resolve the create body's networks; normalise `EndpointsConfig` to network names."""
         mode = network_mode(container)
         configs = dict(container.networking.EndpointsConfig or {})
+        self._validate_links(container, mode)
         if mode.startswith("container:"):
             self.lookup(mode.split(":", 1)[1])  # No such container: 404 at create, as dockerd
             container.networking.EndpointsConfig = None
@@ -124,6 +128,53 @@ class Sandboxes:
             check_endpoint_config(net, ordered[net.name])
         container.networking.EndpointsConfig = ordered
         container.network_settings = self.settings(container)
+
+    def _validate_links(self, container: Container, mode: str) -> None:
+        """`--link` targets exist (404 as dockerd) and no host networking is involved."""
+        for text in container.host_config.Links or []:
+            link = Link.parse(text)
+            try:
+                target = self.lookup(link.name)
+            except NoSuchContainer as exc:
+                # 400, not 404, as dockerd (moby#39823): a 404 makes the CLI pull the image
+                raise InvalidParameter(f"could not get container for {link.name}: {exc.message}") from None
+            if mode == "host" or network_mode(target) == "host":
+                raise InvalidParameter(
+                    "conflicting options: host type networking can't be used with links. "
+                    "This would result in undefined behavior"
+                )
+
+    def _links(self, container: Container, sandbox: Sandbox) -> tuple[list[tuple[str, str]], list[str]]:
+        """At start: the /etc/hosts lines and variables of the container's `--link`s. A target
+        must run and share a network with it (its address there is the one linked)."""
+        hosts: list[tuple[str, str]] = []
+        env: list[str] = []
+        for text in container.host_config.Links or []:
+            link = Link.parse(text)
+            target = self.lookup(link.name)
+            if not target.state.running:
+                as_name = f"/{container.name}/{link.alias}"
+                raise Conflict(f"Cannot link to a non running container: /{target.name} AS {as_name}")
+            theirs = self._by_cid.get(target.cid)
+            shared = [
+                ep.ip
+                for nid, ep in (theirs.endpoints.items() if theirs is not None else ())
+                if nid in sandbox.endpoints and ep.ip is not None
+            ]
+            if not shared:
+                raise InvalidParameter(
+                    f"Cannot link to /{target.name}, as it does not belong to a network of /{container.name}"
+                )
+            ip = str(shared[0].ip)
+            hosts.append(hosts_entry(ip, link.alias, target.cid, target.name))
+            env += link_env(
+                alias=link.alias,
+                linking_name=container.name,
+                ip=ip,
+                target_env=target.config.Env or [],
+                exposed=(target.config.ExposedPorts or {}).keys(),
+            )
+        return hosts, env
 
     def attached(self, container: Container) -> dict[str, tuple[Network, EndpointSettings]]:
         """Network name → (network, config) for the container's stored attachments that exist."""
@@ -213,7 +264,11 @@ class Sandboxes:
         primary = next(iter(sandbox.endpoints.values()))
         self._by_cid[container.cid] = sandbox  # registered before any await: `network rm` sees it
         phases: dict[str, float] = {}
+        link_hosts: list[tuple[str, str]] = []
+        link_vars: list[str] = []
         try:
+            if container.host_config.Links:  # after registering: a target is found by its sandbox
+                link_hosts, link_vars = self._links(container, sandbox)
             if primary.network.driver == "bridge":
                 phases = await self.plumbing.plumb(sandbox, container)
                 self.refresh_dns({ep.network.nid for ep in sandbox.endpoints.values()})
@@ -237,6 +292,8 @@ class Sandboxes:
             aliases=list(primary.config.Aliases or []),
             use_embedded_dns=sandbox.dns,
             host_gateway=self._host_gateway(),
+            link_hosts=link_hosts,
+            link_env=link_vars,
         )
         return plan, phases
 

@@ -75,6 +75,7 @@ class ContainerState:
     manually_stopped: bool = False
     has_been_started: bool = False
     health: dict[str, Any] | None = None
+    link_env: list[str] = field(default_factory=list)  # `--link` variables of this run (for exec)
 
     @property
     def running(self) -> bool:

@@ -77,6 +77,7 @@ class SpecInputs:
     host: HostFacts = field(default_factory=HostFacts)
     default_ulimits: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # name → (soft, hard)
     default_no_new_privileges: bool = False
+    link_env: tuple[str, ...] = ()  # `--link` variables (runtime/links.py): under Config.Env
 
 
 # --- Config: image merge, command, environment ------------------------------------------------
@@ -156,12 +157,13 @@ def replace_or_append_env(defaults: Sequence[str], overrides: Sequence[str]) -> 
     return [e for e in env if e is not None]
 
 
-def container_env(config: ContainerConfig, *, tty: bool) -> list[str]:
-    """PATH, HOSTNAME and (with a TTY) TERM, overridden and extended by Config.Env."""
+def container_env(config: ContainerConfig, *, tty: bool, link_env: Sequence[str] = ()) -> list[str]:
+    """PATH, HOSTNAME and (with a TTY) TERM, then the `--link` variables, overridden and
+    extended by Config.Env (dockerd's order)."""
     base = [f"PATH={DEFAULT_PATH}", f"HOSTNAME={config.Hostname}"]
     if tty:
         base.append("TERM=xterm")
-    return replace_or_append_env(base, config.Env or [])
+    return replace_or_append_env(replace_or_append_env(base, link_env), config.Env or [])
 
 
 # --- pieces of the spec ------------------------------------------------------------------------
@@ -299,7 +301,7 @@ def build_spec(config: ContainerConfig, hc: HostConfig, inputs: SpecInputs) -> S
         console_size=_console_size(hc.ConsoleSize) if config.Tty else None,
         user=_user(inputs.user),
         args=argv,
-        env=container_env(config, tty=config.Tty),
+        env=container_env(config, tty=config.Tty, link_env=inputs.link_env),
         cwd=config.WorkingDir or "/",
         capabilities=Capabilities(bounding=caps, effective=caps, permitted=caps),
         rlimits=rlimits(hc, inputs.default_ulimits, host.nofile_max),

@@ -415,6 +415,51 @@ def test_dns_hosts_and_addresses_flags(daemon: Daemon, objs: Objects) -> None:
     assert dns.decode().splitlines()[0] == "nameserver 192.0.2.53"
 
 
+def test_legacy_links_hosts_env_and_errors(daemon: Daemon, objs: Objects) -> None:
+    db = objs.run("-e", "SECRET=s3", "--expose", "5432", "--expose", "53/udp", "busybox", "sleep", "300")
+    db_id, db_ip = inspect(daemon, db)["Id"], ip_of(daemon, db)
+    web = uniq("web")
+    script = "cat /etc/hosts; env | sort; ping -c 1 -W 2 db >/dev/null && echo reached"
+    out = daemon.docker("run", "--rm", "--name", web, "--link", f"{db}:db", "-e", "DB_ENV_SECRET=mine",
+                        "busybox", "sh", "-c", script).stdout.decode()  # fmt: skip
+    assert f"{db_ip}\tdb {db_id[:12]} {db}\n" in out
+    env = dict(line.split("=", 1) for line in out.splitlines() if "=" in line and line.startswith("DB_"))
+    assert env["DB_NAME"] == f"/{web}/db"
+    assert env["DB_PORT"] == f"udp://{db_ip}:53"  # the lowest port
+    assert env["DB_PORT_5432_TCP"] == f"tcp://{db_ip}:5432"
+    assert (env["DB_PORT_5432_TCP_ADDR"], env["DB_PORT_5432_TCP_PORT"], env["DB_PORT_5432_TCP_PROTO"]) == (
+        db_ip,
+        "5432",
+        "tcp",
+    )
+    assert env["DB_PORT_53_UDP_PROTO"] == "udp"
+    assert env["DB_ENV_SECRET"] == "mine"  # the container's own Env wins over a link's
+    assert "DB_ENV_PATH" not in env and "DB_ENV_HOME" not in env
+    assert out.rstrip().endswith("reached")
+    # without an alias the name is the alias; the variables are not in inspect's Config.Env
+    plain = objs.run("--link", db, "busybox", "sleep", "300")
+    assert f"{db_ip}\t{db} {db_id[:12]}" in daemon.docker("exec", plain, "cat", "/etc/hosts").stdout.decode()
+    assert not [e for e in inspect(daemon, plain)["Config"]["Env"] if "_NAME=" in e]
+    assert f"/{plain}/{db}" in daemon.docker("exec", plain, "env").stdout.decode()  # exec has them too
+    # on a user network both are on
+    net, _ = objs.network()
+    a = objs.run("--network", net, "busybox", "sleep", "300")
+    out = daemon.docker("run", "--rm", "--network", net, "--link", f"{a}:peer", "busybox",
+                        "cat", "/etc/hosts").stdout.decode()  # fmt: skip
+    assert f"{ip_of(daemon, a, net)}\tpeer " in out
+    # errors, as dockerd words them
+    r = daemon.docker("run", "--rm", "--link", "pdt-nope:x", "busybox", "true", check=False)
+    assert r.returncode == 125 and b"could not get container for pdt-nope" in r.stderr
+    stopped = objs.run("busybox", "true")
+    wait_for(lambda: not inspect(daemon, stopped)["State"]["Running"], 10, "the container to exit")
+    r = daemon.docker("run", "--rm", "--link", f"{stopped}:s", "busybox", "true", check=False)
+    assert (
+        r.returncode != 0 and f"Cannot link to a non running container: /{stopped} AS /".encode() in r.stderr
+    )
+    r = daemon.docker("run", "--rm", "--network", "host", "--link", db, "busybox", "true", check=False)
+    assert r.returncode == 125 and b"host type networking can't be used with links" in r.stderr
+
+
 def test_create_checks_networks(daemon: Daemon) -> None:
     # (the CLI answers any 404 of create by pulling the image, so this one goes through the API)
     nope = "nope-" + secrets.token_hex(3)
