@@ -113,21 +113,31 @@ def test_device_mapping(daemon: Daemon, names: list[str]) -> None:
 
 
 def in_cgroup(pid: int, cgroup: str) -> bool:
-    """Whether a process is in `cgroup` in every hierarchy (`/proc/PID/cgroup`). Paths there are
-    absolute from the root of this cgroup namespace, which is the daemon's root only when the
-    daemon does not itself run in a container: compare the ends."""
-    paths = [line.split(":", 2)[2] for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()]
-    return bool(paths) and all(path.endswith(cgroup) for path in paths if path != "/")
+    """Whether a process is in `cgroup` in every hierarchy mounted here (`/proc/PID/cgroup`).
+    Paths there are absolute from the root of this cgroup namespace, which is the daemon's root
+    only when the daemon does not itself run in a container: compare the ends."""
+    layout = CgroupLayout.detect()
+    checked = 0
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        mounted = layout.unified is not None if not controllers else controllers.split(",")[0] in layout.v1
+        if mounted:
+            checked += 1
+            if not path.endswith(cgroup):
+                return False
+    return checked > 0
 
 
 def test_cgroup_parent_of_the_daemon_and_of_a_container(daemon: Daemon, names: list[str]) -> None:
     default = inspect(daemon, run(daemon, names, "busybox", "sleep", "1000"))
     assert default["HostConfig"]["CgroupParent"] == ""  # the daemon's --cgroup-parent, not shown
-    assert in_cgroup(default["State"]["Pid"], f"{daemon.cgroup_parent}/{default['Id']}")
+    pid = default["State"]["Pid"]
+    assert in_cgroup(pid, f"{daemon.cgroup_parent}/{default['Id']}"), Path(f"/proc/{pid}/cgroup").read_text()
     own_parent = f"{daemon.cgroup_parent}-own"
     own = inspect(daemon, run(daemon, names, "--cgroup-parent", own_parent, "busybox", "sleep", "1000"))
     assert own["HostConfig"]["CgroupParent"] == own_parent
-    assert in_cgroup(own["State"]["Pid"], f"{own_parent}/{own['Id']}")
+    pid = own["State"]["Pid"]
+    assert in_cgroup(pid, f"{own_parent}/{own['Id']}"), Path(f"/proc/{pid}/cgroup").read_text()
     daemon.docker("rm", "-f", names.pop())
     layout = CgroupLayout.detect()
     assert not any(d.exists() for d in layout.all_dirs(f"{own_parent}/{own['Id']}"))
