@@ -130,7 +130,7 @@ class Sandboxes:
         container.network_settings = self.settings(container)
 
     def _validate_links(self, container: Container, mode: str) -> None:
-        """`--link` targets exist (404 as dockerd) and no host networking is involved."""
+        """`--link` targets exist (400, as dockerd) and no host networking is involved."""
         for text in container.host_config.Links or []:
             link = Link.parse(text)
             try:
@@ -267,7 +267,7 @@ class Sandboxes:
         link_hosts: list[tuple[str, str]] = []
         link_vars: list[str] = []
         try:
-            if container.host_config.Links:  # after registering: a target is found by its sandbox
+            if container.host_config.Links:  # before plumbing: a bad link costs nothing to undo
                 link_hosts, link_vars = self._links(container, sandbox)
             if primary.network.driver == "bridge":
                 phases = await self.plumbing.plumb(sandbox, container)
