@@ -352,6 +352,14 @@ class PtyCli:
     def send(self, data: bytes) -> None:
         os.write(self.fd, data)
 
+    def detach(self) -> tuple[int, bool]:
+        """ctrl-p ctrl-q as a user types them: (the CLI's exit code, whether it printed the escape
+        "error" that `docker attach` and `docker exec` end with; `docker run -it` hides it)."""
+        self.send(b"\x10\x11")
+        code = self.wait()
+        ending = b"read escape sequence"
+        return code, code != 0 and ending in self.read_until(ending, timeout_s=5)
+
     def wait(self) -> int:
         _, status = os.waitpid(self.pid, 0)
         self.pid = 0

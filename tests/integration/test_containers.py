@@ -79,8 +79,7 @@ def test_run_it_detach_keys_then_attach_again(daemon: Daemon, name: str) -> None
     try:
         assert b"/ #" in cli.read_until(b"/ #")
         cli.send(b"export MARK=kept\r")
-        cli.send(b"\x10\x11")
-        assert cli.wait() == 0
+        assert cli.detach() == (0, False)
     finally:
         cli.close()
     assert inspect(daemon, name)["State"]["Running"] is True
@@ -89,10 +88,7 @@ def test_run_it_detach_keys_then_attach_again(daemon: Daemon, name: str) -> None
         time.sleep(0.3)
         cli.send(b"echo mark-$MARK-$((40+2))\r")
         assert b"mark-kept-42" in cli.read_until(b"mark-kept-42")
-        cli.send(b"\x10\x11")
-        # `attach` ends with the CLI's own escape "error" (`run -it` above hides it), as with dockerd
-        assert cli.wait() == 1
-        assert b"read escape sequence" in cli.read_until(b"read escape sequence", timeout_s=5)
+        assert cli.detach() == (1, True)  # the CLI's own ending, as with dockerd
     finally:
         cli.close()
     assert inspect(daemon, name)["State"]["Running"] is True
